@@ -1,0 +1,82 @@
+# keelson.stack: the two commands that matter are `make lab` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR ?= false
+export PY_COLORS ?= 0
+# CI runs the benchmarks at a small size so they cannot rot; `make bench` runs them at full size.
+BENCH_SIZE ?= small
+SCENARIOS ?=
+
+.PHONY: help venv engine images lab lab-up lab-down lab-status site test lint unit sanity molecule integration bench bench-small build clean
+
+help:
+	@echo "make lab          set up everything and run site.yml against the local lab (the main job)"
+	@echo "make test         run every test: lint, unit, molecule scenarios, integration, small benchmarks"
+	@echo "make molecule SCENARIOS='base nginx'   run some molecule scenarios"
+	@echo "make bench        benchmarks at full size"
+	@echo "make lab-status | lab-down             inspect or remove the lab"
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+engine:
+	$(PYTHON) lab/lab.py engine
+
+images: engine
+	$(PYTHON) lab/lab.py images
+
+lab-up: venv images
+	$(PYTHON) lab/lab.py up
+
+lab-down:
+	$(PYTHON) lab/lab.py down
+
+lab-status:
+	$(PYTHON) lab/lab.py status
+
+site:
+	$(BIN)/ansible-playbook site.yml -i inventories/lab
+
+lab: lab-up site
+
+lint: venv
+	$(BIN)/ansible-lint --profile production
+	$(PYTHON) tests/check_build.py
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+sanity: venv
+	$(BIN)/python tests/sanity.py
+
+molecule: venv images
+	$(BIN)/python tests/run_scenarios.py $(SCENARIOS)
+
+integration: lab
+	$(BIN)/pytest -q tests/integration
+
+bench: lab
+	$(BIN)/pytest -q -s tests/bench --bench-size=full
+
+bench-small: lab
+	$(BIN)/pytest -q -s tests/bench --bench-size=small
+
+test: lint unit sanity molecule integration
+
+build: venv
+	$(BIN)/ansible-galaxy collection build --force --output-path .cache/dist
+
+clean: lab-down
+	rm -rf .cache .ansible

@@ -1,0 +1,19 @@
+#!/bin/bash
+# Starts radosgw, creates the lab user and bucket once, then marks the server ready.
+set -euo pipefail
+mkdir -p /var/lib/ceph/radosgw/dbstore
+rm -f /run/lab-s3-ready
+radosgw -n client.rgw.lab --no-mon-config -f &
+rgw=$!
+trap 'kill -TERM $rgw; wait $rgw' TERM INT
+for _ in $(seq 120); do
+  (exec 3<>/dev/tcp/127.0.0.1/7480) 2>/dev/null && break
+  sleep 0.5
+done
+if ! radosgw-admin -n client.rgw.lab --no-mon-config user info --uid=keelson >/dev/null 2>&1; then
+  radosgw-admin -n client.rgw.lab --no-mon-config user create --uid=keelson \
+    --display-name="keelson lab" --access-key="$S3_ACCESS_KEY" --secret-key="$S3_SECRET_KEY" >/dev/null
+fi
+python3 /usr/local/lib/lab-s3/setup_bucket.py
+touch /run/lab-s3-ready
+wait $rgw

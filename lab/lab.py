@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""The keelson lab: local Debian "VMs" as systemd containers on this machine.
+
+    lab.py engine          install and start a Docker engine and the apt cache if none answers
+    lab.py images          build (or reuse) the Debian 12/13 host images and the service images
+    lab.py up              engine + images + network + hosts + services, then write inventories/lab
+    lab.py status          what the lab is running
+    lab.py down            remove every container, network and volume the lab made, nothing else
+
+Standard library only: it runs before any virtualenv exists. Every failure exits
+non-zero with the reason; nothing is skipped silently.
+"""
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES_DIR = ROOT / "lab" / "images"
+INVENTORY_DIR = ROOT / "inventories" / "lab"
+CACHE_DIR = Path(os.environ.get("KEELSON_LAB_CACHE", "/var/cache/keelson-lab"))
+
+LABEL = "keelson.lab"
+NETWORK = "keelson-lab"
+SUBNET = "172.30.77.0/24"
+GATEWAY = "172.30.77.1"
+DOMAIN = "lab.keelson.test"
+APT_CACHE_PORT = 3142
+
+# Debian releases the lab can boot: image tag -> debootstrap suite.
+RELEASES = {"12": "bookworm", "13": "trixie"}
+ROOTFS_PACKAGES = [
+    "python3", "python3-apt", "systemd", "systemd-sysv", "dbus", "sudo",
+    "iproute2", "procps", "ca-certificates", "gpg",
+]
+
+# The lab hosts: name -> address suffix, inventory groups, extra volumes.
+HOSTS = {
+    "lb1": {"ip": 11, "groups": ["lb"]},
+    "app1": {"ip": 21, "groups": ["app"], "docker_volume": True},
+    "app2": {"ip": 22, "groups": ["app"], "docker_volume": True},
+    "db1": {"ip": 31, "groups": ["db"]},
+}
+# Service containers (plain processes, not "VMs").
+SERVICES = {
+    "s3": {"ip": 41, "image": "keelson/lab-s3", "data": "/var/lib/ceph/radosgw"},
+    "registry": {"ip": 42, "image": "keelson/lab-registry", "data": "/var/lib/docker-registry"},
+    "pebble": {"ip": 43, "image": "keelson/lab-pebble", "data": None},
+}
+S3_PORT = 7480
+REGISTRY_PORT = 5000
+PEBBLE_PORT = 14000
+S3_BUCKET = "keelson-backups"
+
+# Flags that make a systemd container boot here (see shared/LAB-NOTES.md:
+# --privileged is refused by this sandbox).
+SYSTEMD_FLAGS = [
+    "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--tmpfs", "/run", "--tmpfs", "/run/lock",
+    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+    "--stop-signal", "SIGRTMIN+3",
+]
+
+
+class LabError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"lab: {msg}", flush=True)
+
+
+def run(cmd, check=True, capture=False, env=None, input=None):
+    res = subprocess.run(cmd, text=True, env=env, input=input,
+                         stdout=subprocess.PIPE if capture else None,
+                         stderr=subprocess.PIPE if capture else None)
+    if check and res.returncode != 0:
+        detail = (res.stderr or res.stdout or "").strip() if capture else ""
+        raise LabError(f"command failed ({res.returncode}): {' '.join(cmd)}\n{detail}")
+    return res
+
+
+def docker(*args, check=True, capture=True):
+    return run(["docker", *args], check=check, capture=capture)
+
+
+def docker_answers():
+    try:
+        return docker("info", "--format", "{{.ServerVersion}}", check=False).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def tcp_open(host, port, timeout=1.0):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(what, predicate, timeout, interval=0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout}s waiting for {what}")
+
+
+# --- engine -----------------------------------------------------------------
+
+def apt_install(packages):
+    missing = [p for p in packages
+               if run(["dpkg-query", "-W", "-f=${Status}", p], check=False, capture=True)
+               .stdout.strip() != "install ok installed"]
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)} from Debian")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+
+
+def ensure_apt_cache():
+    """apt-cacher-ng on the controller: the lab images and molecule instances find it
+    through their default gateway (see images/debian/rootfs/usr/local/sbin/lab-apt-proxy)."""
+    apt_install(["apt-cacher-ng"])
+    if tcp_open("127.0.0.1", APT_CACHE_PORT):
+        return
+    log("starting apt-cacher-ng")
+    Path("/run/apt-cacher-ng").mkdir(exist_ok=True)
+    shutil.chown("/run/apt-cacher-ng", "apt-cacher-ng", "apt-cacher-ng")
+    run(["runuser", "-u", "apt-cacher-ng", "--", "/usr/sbin/apt-cacher-ng",
+         "-c", str(ROOT / "lab" / "apt-cacher-ng"), "ForeGround=0",
+         "pidfile=/run/apt-cacher-ng/pid", "SocketPath=/run/apt-cacher-ng/socket"])
+    wait_for("apt-cacher-ng on port 3142", lambda: tcp_open("127.0.0.1", APT_CACHE_PORT), 30)
+
+
+def ensure_engine():
+    apt_install(["docker.io", "debootstrap", "iptables", "runc", "containerd"])
+    if not docker_answers():
+        if shutil.which("systemctl") and Path("/run/systemd/system").is_dir():
+            run(["systemctl", "start", "docker"])
+        else:
+            log("starting dockerd (no systemd on this machine)")
+            logf = open("/var/log/keelson-dockerd.log", "ab")
+            subprocess.Popen(["dockerd"], stdout=logf, stderr=logf, start_new_session=True)
+        try:
+            wait_for("the Docker engine to answer", docker_answers, 90)
+        except LabError:
+            tail = Path("/var/log/keelson-dockerd.log")
+            detail = tail.read_text(errors="replace")[-2000:] if tail.exists() else ""
+            raise LabError("the Docker engine did not start; dockerd log tail:\n" + detail)
+    ensure_apt_cache()
+    log(f"docker engine {docker('info', '--format', '{{.ServerVersion}}').stdout.strip()} answers")
+
+
+# --- images -----------------------------------------------------------------
+
+def tree_hash(*paths):
+    h = hashlib.sha256()
+    for base in paths:
+        for p in sorted(Path(base).rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(base)).encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def image_exists(ref):
+    return docker("image", "inspect", ref, check=False).returncode == 0
+
+
+def debian_mirror():
+    for src in [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]:
+        if src.exists():
+            for line in src.read_text().splitlines():
+                line = line.strip()
+                if line.startswith("URIs:") and "security" not in line:
+                    return line.split()[1]
+                if line.startswith("deb ") and "security" not in line:
+                    return next(w for w in line.split()[1:] if w.startswith("http"))
+    return "http://deb.debian.org/debian"
+
+
+def build_rootfs_image(release):
+    """debootstrap once per release and package list; the result is imported as a
+    docker image whose tag carries the recipe hash, so a rebuild happens only when
+    the recipe changes."""
+    suite = RELEASES[release]
+    recipe = hashlib.sha256(f"{suite} {' '.join(ROOTFS_PACKAGES)}".encode()).hexdigest()[:12]
+    ref = f"keelson/debian-rootfs:{release}-{recipe}"
+    if image_exists(ref):
+        return ref
+    rootfs = CACHE_DIR / f"rootfs-{suite}"
+    if rootfs.exists():
+        shutil.rmtree(rootfs)
+    rootfs.parent.mkdir(parents=True, exist_ok=True)
+    log(f"debootstrap {suite} (once; cached as {ref})")
+    t0 = time.monotonic()
+    env = dict(os.environ, http_proxy=f"http://127.0.0.1:{APT_CACHE_PORT}")
+    run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}",
+         suite, str(rootfs), debian_mirror()], env=env, capture=True)
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    imp = subprocess.run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]', "-", ref],
+                         stdin=tar.stdout, capture_output=True, text=True)
+    tar.stdout.close()
+    if tar.wait() != 0 or imp.returncode != 0:
+        raise LabError(f"docker import of {suite} failed: {imp.stderr.strip()}")
+    shutil.rmtree(rootfs)
+    log(f"rootfs {suite} built in {time.monotonic() - t0:.0f}s")
+    return ref
+
+
+def docker_build(tag, context, build_args):
+    args = ["build", "-q", "-t", tag]
+    for k, v in build_args.items():
+        args += ["--build-arg", f"{k}={v}"]
+    env = dict(os.environ, DOCKER_BUILDKIT="0")
+    res = run(["docker", *args, str(context)], env=env, capture=True, check=False)
+    if res.returncode != 0:
+        raise LabError(f"building {tag} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+
+
+def ensure_images(releases=("12", "13"), services=True):
+    """The host images (keelson/debian:12, :13) add the lab-only drop-ins to the
+    rootfs; Docker's build cache makes a second run a no-op."""
+    t0 = time.monotonic()
+    for release in releases:
+        base = build_rootfs_image(release)
+        docker_build(f"keelson/debian:{release}", IMAGES_DIR / "debian",
+                     {"BASE": base, "SUITE": RELEASES[release]})
+    if services:
+        for name, svc in SERVICES.items():
+            docker_build(f"{svc['image']}:latest", IMAGES_DIR / name, {"BASE": "keelson/debian:13"})
+    log(f"images ready in {time.monotonic() - t0:.0f}s")
+
+
+# --- up / down / status -----------------------------------------------------
+
+def address(suffix):
+    return SUBNET.rsplit(".", 1)[0] + f".{suffix}"
+
+
+def lab_containers():
+    out = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout
+    return [n for n in out.split() if n]
+
+
+def container_current(name, image):
+    """True when the container runs and was created from the image as built now."""
+    res = docker("inspect", "-f", "{{.State.Running}} {{.Image}}", name, check=False)
+    if res.returncode != 0:
+        return False
+    running, image_id = res.stdout.split()
+    wanted = docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
+    return running == "true" and image_id == wanted
+
+
+def ensure_network():
+    if docker("network", "inspect", NETWORK, check=False).returncode == 0:
+        return
+    docker("network", "create", "--label", LABEL, "--subnet", SUBNET, "--gateway", GATEWAY, NETWORK)
+
+
+def start_host(name, spec, release):
+    cname = f"keelson-lab-{name}"
+    if container_current(cname, f"keelson/debian:{release}"):
+        return
+    docker("rm", "-f", cname, check=False)
+    args = ["run", "-d", "--name", cname, "--hostname", name, "--label", LABEL,
+            "--network", NETWORK, "--ip", address(spec["ip"]),
+            "--network-alias", name, "--network-alias", f"{name}.{DOMAIN}", *SYSTEMD_FLAGS]
+    if spec.get("docker_volume"):
+        vol = f"keelson-lab-{name}-docker"
+        docker("volume", "create", "--label", LABEL, vol)
+        args += ["-v", f"{vol}:/var/lib/docker"]
+    docker(*args, f"keelson/debian:{release}")
+
+
+def start_service(name, svc, creds):
+    cname = f"keelson-lab-{name}"
+    if container_current(cname, f"{svc['image']}:latest"):
+        return
+    docker("rm", "-f", cname, check=False)
+    args = ["run", "-d", "--name", cname, "--hostname", name, "--label", LABEL,
+            "--network", NETWORK, "--ip", address(svc["ip"]),
+            "--network-alias", name, "--network-alias", f"{name}.{DOMAIN}"]
+    if svc["data"]:
+        vol = f"keelson-lab-{name}-data"
+        docker("volume", "create", "--label", LABEL, vol)
+        args += ["-v", f"{vol}:{svc['data']}"]
+    if name == "s3":
+        args += ["-e", "S3_ACCESS_KEY", "-e", "S3_SECRET_KEY", "-e", f"S3_BUCKET={S3_BUCKET}"]
+    env = dict(os.environ, S3_ACCESS_KEY=creds["s3_access_key"], S3_SECRET_KEY=creds["s3_secret_key"])
+    run(["docker", *args, f"{svc['image']}:latest"], env=env, capture=True)
+
+
+def wait_systemd(name, timeout=90):
+    cname = f"keelson-lab-{name}"
+
+    def booted():
+        res = docker("exec", cname, "systemctl", "is-system-running", check=False)
+        return res.stdout.strip() in ("running", "degraded")
+
+    wait_for(f"systemd in {name} to finish booting", booted, timeout)
+    state = docker("exec", cname, "systemctl", "is-system-running", check=False).stdout.strip()
+    if state != "running":
+        failed = docker("exec", cname, "systemctl", "--failed", "--no-legend", check=False).stdout
+        raise LabError(f"{name} booted {state}; failed units:\n{failed}")
+
+
+def load_credentials():
+    path = INVENTORY_DIR / ".credentials.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    creds = {"s3_access_key": "LAB" + secrets.token_hex(8).upper(),
+             "s3_secret_key": secrets.token_urlsafe(30)}
+    INVENTORY_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(creds, f)
+    return creds
+
+
+def write_inventory(release, creds):
+    """inventories/lab/hosts.yml (addresses, groups) and a generated group_vars file
+    with the service endpoints and credentials (mode 0600)."""
+    INVENTORY_DIR.mkdir(parents=True, exist_ok=True)
+    lines = ["# Written by lab/lab.py up; do not edit (rerun `lab.py up`).", "all:", "  children:"]
+    for group in ["lb", "app", "db"]:
+        lines += [f"    {group}:", "      hosts:"]
+        for name, spec in HOSTS.items():
+            if group in spec["groups"]:
+                lines += [f"        {name}:",
+                          f"          ansible_host: keelson-lab-{name}",
+                          f"          keelson_private_address: {address(spec['ip'])}",
+                          f"          keelson_lab_debian: \"{release}\""]
+    lines += ["  vars:", "    ansible_connection: community.docker.docker",
+              "    ansible_python_interpreter: /usr/bin/python3"]
+    (INVENTORY_DIR / "hosts.yml").write_text("\n".join(lines) + "\n")
+
+    gen = INVENTORY_DIR / "group_vars" / "all" / "lab_generated.yml"
+    gen.parent.mkdir(parents=True, exist_ok=True)
+    body = "\n".join([
+        "# Written by lab/lab.py up; do not edit. Lab-only credentials.",
+        f"keelson_lab_network: {SUBNET}",
+        f"keelson_lab_controller_address: {GATEWAY}",
+        f"keelson_s3_endpoint_url: http://{address(SERVICES['s3']['ip'])}:{S3_PORT}",
+        f"keelson_s3_bucket: {S3_BUCKET}",
+        f"keelson_s3_access_key: {creds['s3_access_key']}",
+        f"keelson_s3_secret_key: {creds['s3_secret_key']}",
+        f"keelson_registry: {address(SERVICES['registry']['ip'])}:{REGISTRY_PORT}",
+        f"keelson_acme_directory_url: https://{address(SERVICES['pebble']['ip'])}:{PEBBLE_PORT}/dir",
+        f"keelson_acme_directory_cafile: {INVENTORY_DIR / 'pebble-listener.pem'}",
+        "",
+    ])
+    fd = os.open(gen, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(body)
+
+
+def cmd_up(args):
+    t0 = time.monotonic()
+    ensure_engine()
+    ensure_images(releases=sorted({args.debian, "13"}))
+    ensure_network()
+    creds = load_credentials()
+    for name, svc in SERVICES.items():
+        start_service(name, svc, creds)
+    for name, spec in HOSTS.items():
+        start_host(name, spec, args.debian)
+    for name in HOSTS:
+        wait_systemd(name)
+    wait_for("the S3 server (bucket created)",
+             lambda: docker("exec", "keelson-lab-s3", "test", "-e", "/run/lab-s3-ready",
+                            check=False).returncode == 0, 120)
+    wait_for("the registry", lambda: tcp_open(address(SERVICES["registry"]["ip"]), REGISTRY_PORT), 30)
+    wait_for("pebble", lambda: tcp_open(address(SERVICES["pebble"]["ip"]), PEBBLE_PORT), 30)
+    pebble_ca = docker("exec", "keelson-lab-pebble", "cat", "/etc/pebble/tls/cert.pem").stdout
+    (INVENTORY_DIR / "pebble-listener.pem").write_text(pebble_ca)
+    write_inventory(args.debian, creds)
+    log(f"up in {time.monotonic() - t0:.0f}s; inventory: {INVENTORY_DIR / 'hosts.yml'}")
+    cmd_status(args)
+
+
+def cmd_down(_args):
+    if not docker_answers():
+        log("no Docker engine answers: nothing to remove")
+        return
+    names = lab_containers()
+    if names:
+        docker("rm", "-f", "-v", *names)
+    vols = docker("volume", "ls", "-q", "--filter", f"label={LABEL}").stdout.split()
+    if vols:
+        docker("volume", "rm", *vols)
+    nets = docker("network", "ls", "-q", "--filter", f"label={LABEL}").stdout.split()
+    if nets:
+        docker("network", "rm", *nets)
+    for f in [INVENTORY_DIR / "hosts.yml", INVENTORY_DIR / "group_vars" / "all" / "lab_generated.yml",
+              INVENTORY_DIR / ".credentials.json", INVENTORY_DIR / "pebble-listener.pem"]:
+        f.unlink(missing_ok=True)
+    log(f"removed {len(names)} containers, {len(vols)} volumes, {len(nets)} networks")
+
+
+def cmd_status(_args):
+    if not docker_answers():
+        print("engine: not running")
+        return 1
+    out = docker("ps", "-a", "--filter", f"label={LABEL}",
+                 "--format", "{{.Names}}\t{{.Status}}\t{{.Image}}").stdout
+    print(out.strip() or "no lab containers")
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="lab", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("engine").set_defaults(fn=lambda a: ensure_engine())
+    img = sub.add_parser("images")
+    img.add_argument("--no-services", action="store_true")
+    img.set_defaults(fn=lambda a: (ensure_engine(), ensure_images(services=not a.no_services)))
+    up = sub.add_parser("up")
+    up.add_argument("--debian", choices=sorted(RELEASES), default="13")
+    up.set_defaults(fn=cmd_up)
+    sub.add_parser("down").set_defaults(fn=cmd_down)
+    sub.add_parser("status").set_defaults(fn=cmd_status)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0 and args.cmd in ("engine", "images", "up"):
+        print("lab: must run as root (installs packages, starts dockerd)", file=sys.stderr)
+        return 2
+    try:
+        return args.fn(args) or 0
+    except LabError as e:
+        print(f"lab: ERROR: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
