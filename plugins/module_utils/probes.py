@@ -1,0 +1,208 @@
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Health probes and the gate that waits for them.
+
+A probe is a plain dict (the module's ``probes`` option). ``run_probe`` runs it once
+and returns an ``Outcome``. ``wait_for_probes`` runs probes until each one has
+passed ``consecutive`` times in a row or the deadline passes; its clock, sleep and
+probe runner are parameters so the gate logic is testable without wall-clock time.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+import socket
+import ssl
+import time
+
+try:
+    from urllib.request import Request, build_opener, HTTPSHandler, HTTPErrorProcessor
+    from urllib.error import URLError
+except ImportError:  # pragma: no cover - Python 2 is not supported, keeps sanity's py2 import test quiet
+    Request = build_opener = HTTPSHandler = HTTPErrorProcessor = URLError = None
+
+
+class Outcome:
+    """One probe attempt. ``fatal`` means waiting longer cannot help (container exited
+    or Docker already declared it unhealthy), so the gate fails at once."""
+
+    __slots__ = ("ok", "reason", "fatal")
+
+    def __init__(self, ok, reason="", fatal=False):
+        self.ok = ok
+        self.reason = reason
+        self.fatal = fatal
+
+    def __repr__(self):
+        return "Outcome(ok=%r, reason=%r, fatal=%r)" % (self.ok, self.reason, self.fatal)
+
+
+def probe_name(probe):
+    if probe.get("name"):
+        return probe["name"]
+    kind = probe["type"]
+    if kind == "http":
+        return "http %s" % probe["url"]
+    if kind == "tcp":
+        return "tcp %s:%s" % (probe["host"], probe["port"])
+    return "docker %s" % probe["container"]
+
+
+class _NoRaise(HTTPErrorProcessor or object):
+    """Returns 4xx/5xx responses instead of raising, so status checks see them."""
+
+    def http_response(self, request, response):
+        return response
+
+    https_response = http_response
+
+
+def http_probe(probe):
+    url = probe["url"]
+    timeout = float(probe.get("timeout", 2))
+    expected = [int(s) for s in (probe.get("status") or [200])]
+    headers = {"User-Agent": "keelson-health-gate", "Connection": "close"}
+    if probe.get("host_header"):
+        headers["Host"] = probe["host_header"]
+    handlers = [_NoRaise()]
+    if url.lower().startswith("https:"):
+        if probe.get("insecure"):
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context = ssl.create_default_context(cafile=probe.get("ca_file"))
+        handlers.append(HTTPSHandler(context=context))
+    opener = build_opener(*handlers)
+    try:
+        with opener.open(Request(url, headers=headers, method=probe.get("method", "GET")), timeout=timeout) as resp:
+            status = resp.status
+            body = resp.read(int(probe.get("max_body", 65536))).decode("utf-8", "replace")
+    except (URLError, OSError, ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Outcome(False, "%s: %s" % (url, reason))
+    if status not in expected:
+        return Outcome(False, "%s: status %d, expected %s" % (url, status, "/".join(str(s) for s in expected)))
+    pattern = probe.get("body_regex")
+    if pattern and not re.search(pattern, body):
+        return Outcome(False, "%s: body does not match %r" % (url, pattern))
+    return Outcome(True)
+
+
+def tcp_probe(probe):
+    host, port = probe["host"], int(probe["port"])
+    try:
+        with socket.create_connection((host, port), timeout=float(probe.get("timeout", 2))):
+            return Outcome(True)
+    except OSError as exc:
+        return Outcome(False, "tcp %s:%d: %s" % (host, port, exc))
+
+
+def docker_probe(probe, client=None):
+    """Docker's own view of the container: running, and healthy when it has a healthcheck.
+    ``unhealthy`` and a stopped container are fatal: Docker already retried."""
+    import docker  # the Docker SDK; imported here so HTTP/TCP probes work without it
+    from docker.errors import DockerException, NotFound
+
+    name = probe["container"]
+    try:
+        client = client or docker.from_env(timeout=int(probe.get("timeout", 5)))
+        container = client.containers.get(name)
+    except NotFound:
+        return Outcome(False, "container %s: not found" % name)
+    except DockerException as exc:
+        return Outcome(False, "container %s: %s" % (name, exc))
+    state = container.attrs.get("State", {})
+    if state.get("Status") != "running":
+        return Outcome(False, "container %s: %s (exit code %s)" % (name, state.get("Status"), state.get("ExitCode")),
+                       fatal=state.get("Status") in ("exited", "dead"))
+    health = state.get("Health")
+    if health is None:
+        if probe.get("require_healthcheck", True):
+            return Outcome(False, "container %s: has no healthcheck" % name, fatal=True)
+        return Outcome(True)
+    if health.get("Status") == "healthy":
+        return Outcome(True)
+    log = health.get("Log") or []
+    last = (log[-1].get("Output") or "").strip()[-300:] if log else ""
+    return Outcome(False, "container %s: health %s%s" % (name, health.get("Status"), (": " + last) if last else ""),
+                   fatal=health.get("Status") == "unhealthy")
+
+
+def run_probe(probe):
+    kind = probe["type"]
+    if kind == "http":
+        return http_probe(probe)
+    if kind == "tcp":
+        return tcp_probe(probe)
+    if kind == "docker":
+        return docker_probe(probe)
+    raise ValueError("unknown probe type %r" % kind)
+
+
+class GateFailed(Exception):
+    def __init__(self, reason, result):
+        super(GateFailed, self).__init__(reason)
+        self.reason = reason
+        self.result = result
+
+
+def wait_for_probes(probes, consecutive=3, interval=1.0, timeout=60.0,
+                    runner=run_probe, clock=time.monotonic, sleep=time.sleep):
+    """Runs every probe each round until each has passed ``consecutive`` times in a
+    row; a probe that has reached its count is not run again. Returns the result dict;
+    raises GateFailed (carrying the same dict) at the deadline or on a fatal outcome.
+
+    The result: ``passed``, ``total_seconds``, ``reason`` and per probe ``name``,
+    ``attempts``, ``successes``, ``first_success_seconds``, ``passed_seconds``,
+    ``last_failure``.
+    """
+    if consecutive < 1:
+        raise ValueError("consecutive must be at least 1")
+    start = clock()
+    deadline = start + timeout
+    states = [{"name": probe_name(p), "attempts": 0, "successes": 0, "streak": 0,
+               "first_success_seconds": None, "passed_seconds": None, "last_failure": None}
+              for p in probes]
+
+    def result(passed, reason):
+        return {
+            "passed": passed,
+            "reason": reason,
+            "total_seconds": round(clock() - start, 3),
+            "probes": [dict((k, v) for k, v in s.items() if k != "streak") for s in states],
+        }
+
+    while True:
+        for probe, state in zip(probes, states):
+            if state["passed_seconds"] is not None:
+                continue
+            outcome = runner(probe)
+            now = clock() - start
+            state["attempts"] += 1
+            if outcome.ok:
+                state["successes"] += 1
+                state["streak"] += 1
+                if state["first_success_seconds"] is None:
+                    state["first_success_seconds"] = round(now, 3)
+                if state["streak"] >= consecutive:
+                    state["passed_seconds"] = round(now, 3)
+            else:
+                state["streak"] = 0
+                state["last_failure"] = outcome.reason
+                if outcome.fatal:
+                    reason = "%s: %s" % (state["name"], outcome.reason)
+                    raise GateFailed(reason, result(False, reason))
+        if all(s["passed_seconds"] is not None for s in states):
+            return result(True, "")
+        if clock() + interval > deadline:
+            pending = [s for s in states if s["passed_seconds"] is None]
+            reason = "; ".join(
+                "%s: %s" % (s["name"], s["last_failure"] or "passed %d of %d in a row" % (s["streak"], consecutive))
+                for s in pending)
+            reason = "deadline of %gs passed: %s" % (timeout, reason)
+            raise GateFailed(reason, result(False, reason))
+        sleep(interval)

@@ -1,0 +1,219 @@
+"""Probes against real servers on 127.0.0.1; the gate with an injected clock."""
+import http.server
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+from ansible_collections.keelson.stack.plugins.module_utils.probes import (
+    GateFailed, Outcome, http_probe, run_probe, tcp_probe, wait_for_probes)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/health":
+            body, status = b'{"status": "ok", "version": "2"}', 200
+        elif self.path == "/host":
+            body, status = self.headers.get("Host", "").encode(), 200
+        else:
+            body, status = b"nope", 503
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(server):
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def http_url():
+    server = serve(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+    yield "http://127.0.0.1:%d" % server.server_address[1]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def https_url(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tls")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    serve(server)
+    yield "https://127.0.0.1:%d" % server.server_address[1], str(cert)
+    server.shutdown()
+
+
+def test_http_status_and_body(http_url):
+    assert http_probe({"url": http_url + "/health", "body_regex": '"status": "ok"'}).ok
+    bad_body = http_probe({"url": http_url + "/health", "body_regex": "version.: .3"})
+    assert not bad_body.ok and "body does not match" in bad_body.reason
+    bad_status = http_probe({"url": http_url + "/other"})
+    assert not bad_status.ok and "status 503, expected 200" in bad_status.reason
+    assert http_probe({"url": http_url + "/other", "status": [200, 503]}).ok
+
+
+def test_http_host_header(http_url):
+    assert http_probe({"url": http_url + "/host", "host_header": "api.example.test",
+                       "body_regex": "^api\\.example\\.test$"}).ok
+
+
+def test_https_ca_file_and_insecure(https_url):
+    url, ca = https_url
+    assert http_probe({"url": url + "/health", "ca_file": ca}).ok
+    assert http_probe({"url": url + "/health", "insecure": True}).ok
+    untrusted = http_probe({"url": url + "/health"})
+    assert not untrusted.ok and "CERTIFICATE_VERIFY_FAILED" in untrusted.reason
+
+
+def test_http_connection_refused():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    out = http_probe({"url": "http://127.0.0.1:%d/health" % port, "timeout": 1})
+    assert not out.ok and "refused" in out.reason.lower()
+
+
+def test_tcp_probe():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    assert tcp_probe({"host": "127.0.0.1", "port": port}).ok
+    listener.close()
+    out = run_probe({"type": "tcp", "host": "127.0.0.1", "port": port, "timeout": 1})
+    assert not out.ok and "tcp 127.0.0.1:%d" % port in out.reason
+
+
+class Clock:
+    """Injected time: sleep advances it, each probe attempt costs `cost` seconds."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def scripted(clock, scripts, cost=0.1):
+    """A probe runner answering from per-probe scripts of True/False/'fatal'."""
+    def runner(probe):
+        clock.now += cost
+        step = scripts[probe["name"]].pop(0)
+        if step == "fatal":
+            return Outcome(False, "exited", fatal=True)
+        return Outcome(step, "" if step else "not yet")
+    return runner
+
+
+def test_gate_needs_consecutive_successes():
+    clock = Clock()
+    scripts = {"a": [False, True, False, True, True, True], "b": [True, True, True]}
+    res = wait_for_probes([{"type": "tcp", "name": "a"}, {"type": "tcp", "name": "b"}], consecutive=3,
+                          interval=1, timeout=30, runner=scripted(clock, scripts), clock=clock, sleep=clock.sleep)
+    assert res["passed"]
+    a, b = res["probes"]
+    assert a["attempts"] == 6 and a["successes"] == 4 and a["last_failure"] == "not yet"
+    assert b["attempts"] == 3, "a probe that has passed is not run again"
+    assert a["first_success_seconds"] == pytest.approx(1.3)  # round 2: sleep 1 + 3 attempts x 0.1
+    assert a["passed_seconds"] == pytest.approx(5.9)  # b stops after round 3
+    assert res["total_seconds"] == pytest.approx(5.9)
+    assert scripts["a"] == [] and scripts["b"] == []
+
+
+def test_gate_fails_at_deadline_with_last_reason():
+    clock = Clock()
+    scripts = {"a": [True, False] * 20}
+    with pytest.raises(GateFailed) as err:
+        wait_for_probes([{"type": "http", "name": "a"}], consecutive=2, interval=2, timeout=10,
+                        runner=scripted(clock, scripts), clock=clock, sleep=clock.sleep)
+    res = err.value.result
+    assert not res["passed"]
+    assert err.value.reason == "deadline of 10s passed: a: not yet"
+    assert res["probes"][0]["attempts"] == 5
+    assert res["total_seconds"] <= 10
+
+
+def test_gate_stops_at_fatal_outcome():
+    clock = Clock()
+    scripts = {"a": [False, "fatal"]}
+    with pytest.raises(GateFailed) as err:
+        wait_for_probes([{"type": "docker", "name": "a"}], consecutive=1, interval=1, timeout=60,
+                        runner=scripted(clock, scripts), clock=clock, sleep=clock.sleep)
+    assert err.value.reason == "a: exited"
+    assert err.value.result["total_seconds"] == pytest.approx(1.2)
+
+
+def test_gate_against_a_server_that_comes_up(http_url):
+    """Real probes, injected time: the TCP target starts listening after two rounds."""
+    clock = Clock()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if len(clock.sleeps) == 2:
+            holder.listen(1)
+
+    probes = [{"type": "tcp", "host": "127.0.0.1", "port": port, "timeout": 1},
+              {"type": "http", "url": http_url + "/health", "status": [200]}]
+    res = wait_for_probes(probes, consecutive=2, interval=1, timeout=30, clock=clock, sleep=sleep)
+    holder.close()
+    tcp, http = res["probes"]
+    assert tcp["attempts"] == 4 and "refused" in tcp["last_failure"].lower()
+    assert http["attempts"] == 2 and http["last_failure"] is None
+
+
+@pytest.fixture
+def docker_client():
+    import docker
+    client = docker.from_env()
+    made = []
+
+    def run(name, **kwargs):
+        made.append(name)
+        return client.containers.run("keelson/debian:12", name=name, detach=True, **kwargs)
+    yield client, run
+    for name in made:
+        client.containers.get(name).remove(force=True)
+
+
+def test_docker_probe_health_and_exit(docker_client):
+    """Real containers on the controller's engine: healthy, no healthcheck, exited."""
+    client, run = docker_client
+    uid = "keelson-unit-probe-%d" % id(client)
+    run(uid + "-ok", command=["sleep", "60"],
+        healthcheck={"test": ["CMD", "true"], "interval": 200_000_000, "start_period": 0})
+    run(uid + "-plain", command=["sleep", "60"])
+    gone = run(uid + "-exit", command=["sh", "-c", "exit 3"])
+    gone.wait(timeout=30)
+    # Docker's health status changes in real time, so this gate runs on the real clock.
+    res = wait_for_probes([{"type": "docker", "container": uid + "-ok"}], consecutive=1, interval=0.3, timeout=120)
+    assert res["passed"]
+    plain = run_probe({"type": "docker", "container": uid + "-plain"})
+    assert not plain.ok and plain.fatal and "no healthcheck" in plain.reason
+    assert run_probe({"type": "docker", "container": uid + "-plain", "require_healthcheck": False}).ok
+    exited = run_probe({"type": "docker", "container": uid + "-exit"})
+    assert not exited.ok and exited.fatal and "exited (exit code 3)" in exited.reason
+    missing = run_probe({"type": "docker", "container": uid + "-missing"})
+    assert not missing.ok and not missing.fatal and "not found" in missing.reason
