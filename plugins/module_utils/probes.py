@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - Python 2 is not supported, keeps sanit
 
 
 class Outcome:
-    """One probe attempt. ``fatal`` means waiting longer cannot help (container exited
+    """One probe attempt; ``reason`` leaves out the target, which the probe's name carries. ``fatal`` means waiting longer cannot help (container exited
     or Docker already declared it unhealthy), so the gate fails at once."""
 
     __slots__ = ("ok", "reason", "fatal")
@@ -83,12 +83,12 @@ def http_probe(probe):
             body = resp.read(int(probe.get("max_body", 65536))).decode("utf-8", "replace")
     except (URLError, OSError, ssl.SSLError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return Outcome(False, "%s: %s" % (url, reason))
+        return Outcome(False, str(reason))
     if status not in expected:
-        return Outcome(False, "%s: status %d, expected %s" % (url, status, "/".join(str(s) for s in expected)))
+        return Outcome(False, "status %d, expected %s" % (status, "/".join(str(s) for s in expected)))
     pattern = probe.get("body_regex")
     if pattern and not re.search(pattern, body):
-        return Outcome(False, "%s: body does not match %r" % (url, pattern))
+        return Outcome(False, "body does not match %r" % pattern)
     return Outcome(True)
 
 
@@ -98,7 +98,7 @@ def tcp_probe(probe):
         with socket.create_connection((host, port), timeout=float(probe.get("timeout", 2))):
             return Outcome(True)
     except OSError as exc:
-        return Outcome(False, "tcp %s:%d: %s" % (host, port, exc))
+        return Outcome(False, str(exc))
 
 
 def docker_probe(probe, client=None):
@@ -112,23 +112,23 @@ def docker_probe(probe, client=None):
         client = client or docker.from_env(timeout=int(probe.get("timeout", 5)))
         container = client.containers.get(name)
     except NotFound:
-        return Outcome(False, "container %s: not found" % name)
+        return Outcome(False, "container not found")
     except DockerException as exc:
-        return Outcome(False, "container %s: %s" % (name, exc))
+        return Outcome(False, str(exc))
     state = container.attrs.get("State", {})
     if state.get("Status") != "running":
-        return Outcome(False, "container %s: %s (exit code %s)" % (name, state.get("Status"), state.get("ExitCode")),
+        return Outcome(False, "container %s (exit code %s)" % (state.get("Status"), state.get("ExitCode")),
                        fatal=state.get("Status") in ("exited", "dead"))
     health = state.get("Health")
     if health is None:
         if probe.get("require_healthcheck", True):
-            return Outcome(False, "container %s: has no healthcheck" % name, fatal=True)
+            return Outcome(False, "container has no healthcheck", fatal=True)
         return Outcome(True)
     if health.get("Status") == "healthy":
         return Outcome(True)
     log = health.get("Log") or []
     last = (log[-1].get("Output") or "").strip()[-300:] if log else ""
-    return Outcome(False, "container %s: health %s%s" % (name, health.get("Status"), (": " + last) if last else ""),
+    return Outcome(False, "health %s%s" % (health.get("Status"), (": " + last) if last else ""),
                    fatal=health.get("Status") == "unhealthy")
 
 

@@ -96,7 +96,7 @@ def test_tcp_probe():
     assert tcp_probe({"host": "127.0.0.1", "port": port}).ok
     listener.close()
     out = run_probe({"type": "tcp", "host": "127.0.0.1", "port": port, "timeout": 1})
-    assert not out.ok and "tcp 127.0.0.1:%d" % port in out.reason
+    assert not out.ok and "refused" in out.reason.lower()
 
 
 class Clock:
