@@ -1,0 +1,239 @@
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Release records, the audit log and the rollout plan.
+
+A rollout record is one JSON file per run and host in
+``/opt/keelson/stacks/<project>/releases/<record id>.json`` with ``"kind": "rollout"``;
+every replica step updates it, so a run killed half way leaves a record that says so
+(``outcome: in_progress``). ``audit.log`` next to ``releases/`` gets one JSON line per
+finished action. ``rollout_plan`` is the pure function behind ``--check``.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import re
+import tempfile
+import time
+
+RECORD_KIND = "rollout"
+OUTCOMES = ("in_progress", "succeeded", "failed", "rolled_back")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def utc_iso(epoch=None):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if epoch is None else epoch))
+
+
+def record_path(releases_dir, record_id):
+    if not _SAFE_ID.match(record_id):
+        raise ValueError("record id %r: letters, digits, '.', '_' and '-' only" % record_id)
+    return os.path.join(releases_dir, record_id + ".json")
+
+
+def new_record(record_id, project, service, host, action, who, now=None):
+    return {
+        "kind": RECORD_KIND,
+        "id": record_id,
+        "project": project,
+        "service": service,
+        "host": host,
+        "action": action,
+        "who": who,
+        "started_at": utc_iso(now),
+        "finished_at": None,
+        "outcome": "in_progress",
+        "reason": "",
+        "replicas": [],
+    }
+
+
+def write_json_atomically(path, data, mode=0o644):
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_record(releases_dir, record_id):
+    try:
+        with open(record_path(releases_dir, record_id)) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def save_replica_step(releases_dir, record, step):
+    """Replaces (by replica name) or appends a replica step, then writes the record."""
+    record["replicas"] = [r for r in record["replicas"] if r.get("name") != step["name"]] + [step]
+    write_json_atomically(record_path(releases_dir, record["id"]), record)
+    return record
+
+
+def finish_record(releases_dir, record, outcome, reason="", now=None):
+    if outcome not in OUTCOMES:
+        raise ValueError("outcome must be one of %s" % ", ".join(OUTCOMES))
+    record["outcome"] = outcome
+    record["reason"] = reason
+    record["finished_at"] = utc_iso(now)
+    write_json_atomically(record_path(releases_dir, record["id"]), record)
+    return record
+
+
+def load_records(releases_dir):
+    """Rollout records, oldest first (by start time, then id). Other files are skipped:
+    the compose_stack role keeps its own records in the same directory."""
+    records = []
+    try:
+        names = sorted(os.listdir(releases_dir))
+    except OSError:
+        return records
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(releases_dir, name)) as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("kind") == RECORD_KIND:
+            records.append(data)
+    records.sort(key=lambda r: (r.get("started_at") or "", r.get("id") or ""))
+    return records
+
+
+def running_images(record):
+    """{replica: image reference pinned by digest when known} after a finished record."""
+    images = {}
+    for step in record.get("replicas", []):
+        side = "new" if step.get("outcome") == "replaced" else "old"
+        ref = step.get(side + "_pinned") or step.get(side + "_image")
+        if ref:
+            images[step["name"]] = ref
+    return images
+
+
+def last_good_release(records, service=None, exclude_id=None):
+    """The newest succeeded record (optionally of one service, and not ``exclude_id``) with
+    the images it left running per replica; None if there is none. A succeeded restart
+    re-records the images it found, so it counts as good too."""
+    for record in reversed(records):
+        if record.get("outcome") != "succeeded" or record.get("id") == exclude_id:
+            continue
+        if service and record.get("service") != service:
+            continue
+        images = running_images(record)
+        if images:
+            return {"record": record["id"], "finished_at": record.get("finished_at"), "images": images}
+    return None
+
+
+def append_audit(path, entry):
+    """One JSON line per action, appended with O_APPEND so concurrent writers do not interleave."""
+    line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+# --- the plan ------------------------------------------------------------------
+
+def serial_batches(hosts, serial):
+    """Splits ``hosts`` exactly as Ansible's ``serial`` does (playbook_executor): a list of
+    sizes (ints or "N%" of all hosts, at least 1), the last one repeating; a size of 0 or
+    less takes every remaining host."""
+    sizes = list(serial) if isinstance(serial, (list, tuple)) else [serial]
+    sizes = sizes or [-1]
+    batches, rest, i = [], list(hosts), 0
+    while rest:
+        size = sizes[min(i, len(sizes) - 1)]
+        if isinstance(size, str) and size.endswith("%"):
+            size = int(int(size[:-1]) / 100.0 * len(hosts)) or 1
+        size = int(size)
+        if size <= 0:
+            batches.append(rest)
+            break
+        batches.append(rest[:size])
+        rest = rest[size:]
+        i += 1
+    return batches
+
+
+def replica_changes(current, target_image, target_digest=None):
+    """Whether a replica running ``current`` ({image, digest, pinned}) needs ``target_image``.
+    Digests decide when both are known; otherwise the reference does."""
+    if not current or not current.get("image"):
+        return True
+    if target_digest and current.get("digest"):
+        return current["digest"] != target_digest
+    return current["image"] != target_image
+
+
+def rollout_plan(hosts, replicas, current, action, target_image=None, target_digest=None, serial=(1, "50%")):
+    """The rollout as data: batches of hosts (canary first), per host the replicas in the
+    order they are replaced and whether each changes.
+
+    ``replicas``: [{name, port}] in replacement order (the same on every host);
+    ``current``: {host: {replica: {image, digest}}}; ``action``: deploy or restart.
+    """
+    if action not in ("deploy", "restart"):
+        raise ValueError("action must be deploy or restart")
+    if action == "deploy" and not target_image:
+        raise ValueError("a deploy needs the target image")
+    per_host = {}
+    for host in hosts:
+        steps = []
+        for replica in replicas:
+            now = (current.get(host) or {}).get(replica["name"]) or {}
+            change = True if action == "restart" else replica_changes(now, target_image, target_digest)
+            steps.append({
+                "name": replica["name"],
+                "port": replica["port"],
+                "from": now.get("digest") or now.get("image"),
+                "to": (target_digest or target_image) if action == "deploy" else now.get("digest") or now.get("image"),
+                "changes": change,
+            })
+        per_host[host] = {"replicas": steps, "changes": sum(1 for s in steps if s["changes"])}
+    # every host is in a batch, as the playbook's serial puts it there; hosts without
+    # changes pass through their batch untouched
+    batches = serial_batches(hosts, serial)
+    return {
+        "action": action,
+        "target": target_digest or target_image,
+        "batches": batches,
+        "canary": batches[0] if batches else [],
+        "hosts": per_host,
+        "replicas_to_change": sum(h["changes"] for h in per_host.values()),
+        "unchanged_hosts": [h for h in hosts if not per_host[h]["changes"]],
+    }
+
+
+def plan_lines(plan):
+    """The plan as text lines for --check output."""
+    lines = ["%s to %s: %d replica(s) in %d batch(es)" % (plan["action"], plan["target"] or "the running images",
+                                                         plan["replicas_to_change"], len(plan["batches"]))]
+    for number, batch in enumerate(plan["batches"], 1):
+        lines.append("batch %d%s: %s" % (number, " (canary)" if number == 1 else "", ", ".join(batch)))
+        for host in batch:
+            for step in plan["hosts"][host]["replicas"]:
+                if step["changes"]:
+                    lines.append("  %s %s:%s %s -> %s" % (host, step["name"], step["port"], step["from"], step["to"]))
+    if plan["unchanged_hosts"]:
+        lines.append("already on target: " + ", ".join(plan["unchanged_hosts"]))
+    return lines

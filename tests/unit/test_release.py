@@ -1,0 +1,132 @@
+"""Release records and audit lines in a real directory; the plan against Ansible's own batching."""
+import json
+
+import pytest
+
+from ansible.utils.helpers import pct_to_int
+from ansible_collections.keelson.stack.plugins.module_utils.release import (
+    append_audit, finish_record, last_good_release, load_record, load_records, new_record, plan_lines,
+    record_path, rollout_plan, save_replica_step, serial_batches)
+
+OLD = "172.30.77.42:5000/demo-api@sha256:" + "a" * 64
+NEW = "172.30.77.42:5000/demo-api@sha256:" + "b" * 64
+
+
+def step(name, outcome, old=OLD, new=NEW):
+    return {"name": name, "port": 8000 + int(name[-1]), "old_image": "demo-api:1.0.0", "old_pinned": old,
+            "new_image": "demo-api:1.1.0", "new_pinned": new, "outcome": outcome}
+
+
+def test_record_lifecycle(tmp_path):
+    releases = str(tmp_path)
+    record = new_record("20270115T080000Z-deploy-app1", "shop", "api", "app1", "deploy", "ana@ctl", now=1800000000)
+    save_replica_step(releases, record, step("api-1", "replacing"))
+    on_disk = load_record(releases, record["id"])
+    assert on_disk["outcome"] == "in_progress" and on_disk["replicas"][0]["outcome"] == "replacing"
+    save_replica_step(releases, record, step("api-1", "replaced"))
+    save_replica_step(releases, record, step("api-2", "replaced"))
+    finish_record(releases, record, "succeeded", now=1800000090)
+    on_disk = json.loads((tmp_path / (record["id"] + ".json")).read_text())
+    assert [r["name"] for r in on_disk["replicas"]] == ["api-1", "api-2"]
+    assert on_disk["started_at"] == "2027-01-15T08:00:00Z" and on_disk["finished_at"] == "2027-01-15T08:01:30Z"
+    assert oct((tmp_path / (record["id"] + ".json")).stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [record["id"] + ".json"], "no temporary files left"
+    with pytest.raises(ValueError):
+        finish_record(releases, record, "fine")
+    with pytest.raises(ValueError):
+        record_path(releases, "../etc/passwd")
+
+
+def test_last_good_release_skips_failures_and_foreign_files(tmp_path):
+    releases = str(tmp_path)
+    good = new_record("r1", "shop", "api", "app1", "deploy", "ana", now=1800000000)
+    good["replicas"] = [step("api-1", "replaced", old="x", new=OLD), step("api-2", "replaced", old="x", new=OLD)]
+    finish_record(releases, good, "succeeded")
+    bad = new_record("r2", "shop", "api", "app1", "deploy", "ana", now=1800000100)
+    bad["replicas"] = [step("api-1", "restored")]
+    finish_record(releases, bad, "rolled_back", reason="api-1: deadline of 60s passed")
+    (tmp_path / "compose-release-1.json").write_text(json.dumps({"images": {"api": "x"}}))
+    (tmp_path / "broken.json").write_text("{not json")
+    records = load_records(releases)
+    assert [r["id"] for r in records] == ["r1", "r2"]
+    assert last_good_release(records) == {"record": "r1", "finished_at": good["finished_at"],
+                                          "images": {"api-1": OLD, "api-2": OLD}}
+    assert last_good_release(records, exclude_id="r1") is None
+    assert last_good_release(records, service="worker") is None
+
+
+def test_a_rolled_back_replica_counts_its_old_image(tmp_path):
+    record = new_record("r3", "shop", "api", "app1", "restart", "ana", now=1800000000)
+    record["replicas"] = [step("api-1", "restored")]
+    finish_record(str(tmp_path), record, "succeeded")
+    assert last_good_release(load_records(str(tmp_path)))["images"] == {"api-1": OLD}
+
+
+def test_audit_lines(tmp_path):
+    log = tmp_path / "audit.log"
+    append_audit(str(log), {"at": "2027-01-15T08:01:30Z", "action": "deploy", "outcome": "succeeded", "who": "ana"})
+    append_audit(str(log), {"at": "2027-01-15T08:03:00Z", "action": "rollback", "outcome": "failed", "who": "bo"})
+    lines = log.read_text().splitlines()
+    assert [json.loads(line)["action"] for line in lines] == ["deploy", "rollback"]
+    assert lines[0] == '{"action":"deploy","at":"2027-01-15T08:01:30Z","outcome":"succeeded","who":"ana"}'
+
+
+def ansible_batches(hosts, serial):
+    """Ansible's algorithm (playbook_executor._get_serialized_batches) with its own pct_to_int."""
+    hosts, batches, i = list(hosts), [], 0
+    total = len(hosts)
+    while hosts:
+        size = pct_to_int(serial[i], total)
+        if size <= 0:
+            batches.append(hosts)
+            break
+        batches.append(hosts[:size])
+        hosts = hosts[size:]
+        i = min(i + 1, len(serial) - 1)
+    return batches
+
+
+@pytest.mark.parametrize("serial", [[1, "50%"], [1], ["30%"], [1, 2], [2, "100%"], [0], ["10%", "50%"]])
+@pytest.mark.parametrize("count", [1, 2, 5, 7])
+def test_serial_batches_match_ansible(serial, count):
+    hosts = ["app%d" % i for i in range(1, count + 1)]
+    assert serial_batches(hosts, serial) == ansible_batches(hosts, serial)
+
+
+def test_plan_deploy_by_digest():
+    replicas = [{"name": "api-1", "port": 8001}, {"name": "api-2", "port": 8002}]
+    current = {
+        "app1": {"api-1": {"image": "demo-api:1.0.0", "digest": "sha256:aa"},
+                 "api-2": {"image": "demo-api:1.0.0", "digest": "sha256:aa"}},
+        "app2": {"api-1": {"image": "demo-api:1.1.0", "digest": "sha256:bb"},
+                 "api-2": {"image": "demo-api:1.0.0", "digest": "sha256:aa"}},
+        "app3": {"api-1": {"image": "demo-api:1.1.0", "digest": "sha256:bb"},
+                 "api-2": {"image": "demo-api:1.1.0", "digest": "sha256:bb"}},
+    }
+    plan = rollout_plan(["app1", "app2", "app3"], replicas, current, "deploy", "demo-api:1.1.0", "sha256:bb")
+    assert plan["batches"] == [["app1"], ["app2"], ["app3"]]
+    assert plan["canary"] == ["app1"]
+    assert [s["changes"] for s in plan["hosts"]["app2"]["replicas"]] == [False, True]
+    assert plan["replicas_to_change"] == 3 and plan["unchanged_hosts"] == ["app3"]
+    assert plan_lines(plan) == [
+        "deploy to sha256:bb: 3 replica(s) in 3 batch(es)",
+        "batch 1 (canary): app1",
+        "  app1 api-1:8001 sha256:aa -> sha256:bb",
+        "  app1 api-2:8002 sha256:aa -> sha256:bb",
+        "batch 2: app2",
+        "  app2 api-2:8002 sha256:aa -> sha256:bb",
+        "batch 3: app3",
+        "already on target: app3",
+    ]
+
+
+def test_plan_without_digest_compares_references_and_restart_touches_all():
+    replicas = [{"name": "api-1", "port": 8001}]
+    current = {"app1": {"api-1": {"image": "demo-api:1.1.0"}}, "app2": {}}
+    plan = rollout_plan(["app1", "app2"], replicas, current, "deploy", "demo-api:1.1.0")
+    assert [plan["hosts"][h]["changes"] for h in ("app1", "app2")] == [0, 1]
+    restart = rollout_plan(["app1", "app2"], replicas, current, "restart", serial=[1, "100%"])
+    assert restart["replicas_to_change"] == 2 and restart["batches"] == [["app1"], ["app2"]]
+    assert restart["hosts"]["app1"]["replicas"][0]["to"] == "demo-api:1.1.0"
+    with pytest.raises(ValueError):
+        rollout_plan(["app1"], replicas, current, "deploy")
