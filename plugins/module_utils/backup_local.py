@@ -1,0 +1,99 @@
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host-local pieces of backups: the per-database lock and Prometheus textfile metrics."""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import errno
+import fcntl
+import os
+import re
+import socket
+import tempfile
+
+
+class LockHeld(Exception):
+    """Another run holds the lock; the message names the holder."""
+
+
+class DatabaseLock(object):
+    """flock on <dir>/<name>.lock: released by the kernel when the holder dies,
+    so a crashed run never leaves a stale lock. The file records the holder."""
+
+    def __init__(self, lock_dir, name, purpose):
+        self.path = os.path.join(lock_dir, "%s.lock" % name)
+        self.lock_dir = lock_dir
+        self.name = name
+        self.purpose = purpose
+        self.fd = None
+
+    def __enter__(self):
+        os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.read(fd, 512).decode("utf-8", "replace").strip() or "unknown holder"
+            os.close(fd)
+            raise LockHeld("%s of %s is locked by another run (%s, lock %s)" % (
+                self.purpose, self.name, holder, self.path))
+        os.ftruncate(fd, 0)
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        os.write(fd, ("pid %d on %s since %s" % (os.getpid(), socket.gethostname(), started)).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def read_metric(path, name):
+    """The value of one metric in an existing textfile, or None."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(name + "{") or line.startswith(name + " "):
+                    return float(line.rsplit(" ", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def write_metrics(metrics_dir, file_stem, labels, metrics):
+    """Atomically writes <metrics_dir>/<file_stem>.prom for node_exporter's
+    textfile collector. metrics: list of (name, help, value). Returns the path."""
+    if not re.match(r"^[A-Za-z0-9_.-]+$", file_stem):
+        raise ValueError("unsafe metrics file name %r" % file_stem)
+    os.makedirs(metrics_dir, exist_ok=True)
+    label_text = ",".join('%s="%s"' % (k, _label(v)) for k, v in sorted(labels.items()))
+    lines = []
+    for name, help_text, value in metrics:
+        lines.append("# HELP %s %s" % (name, help_text))
+        lines.append("# TYPE %s gauge" % name)
+        lines.append("%s{%s} %s" % (name, label_text, repr(float(value))))
+    path = os.path.join(metrics_dir, file_stem + ".prom")
+    fd, tmp = tempfile.mkstemp(dir=metrics_dir, prefix="." + file_stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,238 @@
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Streaming a producer pipeline (pg_dump, optionally through age) into an S3
+multipart upload, with nothing written to local disk.
+
+Two traps shape this code: boto3 completes a truncated object when the producer
+dies, and short pipe reads make boto3 buffer whole streams. So we drive the
+multipart upload ourselves, read full parts, check every producer's exit status
+at end of stream, and abort the upload on any failure.
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+MIB = 1024 * 1024
+BASE_PART_SIZE = 8 * MIB
+MAX_PART_SIZE = 5 * 1024 * MIB
+PARTS_PER_TIER = 1000
+READ_CHUNK = 1 * MIB
+
+
+class StreamFailed(Exception):
+    """A producer exited non-zero or a stream could not be completed."""
+
+
+def part_size(part_number, base=BASE_PART_SIZE):
+    """Part sizes double every 1000 parts: 8 MiB parts up to 8 GiB, and 10,000
+    parts reach about 8 TiB, so memory stays flat for ordinary dumps while huge
+    ones stay under the S3 limit of 10,000 parts."""
+    tier = (part_number - 1) // PARTS_PER_TIER
+    return min(base * (2 ** tier), MAX_PART_SIZE)
+
+
+def _stderr_tail(handle, limit=400):
+    handle.seek(0)
+    text = handle.read().decode("utf-8", "replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines)[-limit:]
+
+
+class Producer(object):
+    """One subprocess whose exit status must be zero for the stream to count."""
+
+    def __init__(self, name, argv, stdin=None, env=None, user=None):
+        self.name = name
+        self.stderr = tempfile.TemporaryFile()
+        kwargs = {}
+        if user is not None:
+            kwargs["user"] = user
+        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     env=env, cwd="/", close_fds=True, **kwargs)
+
+    def failure(self):
+        """None when the process exited 0, else a one-line reason. Waits for exit."""
+        rc = self.proc.wait()
+        if rc == 0:
+            return None
+        detail = _stderr_tail(self.stderr)
+        if rc < 0:
+            return "%s killed by signal %d%s" % (self.name, -rc, (": " + detail) if detail else "")
+        return "%s exited %d%s" % (self.name, rc, (": " + detail) if detail else "")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+class Tee(object):
+    """Feeds the beginning of a stream to a side process (pg_restore -l reads
+    the table of contents, then exits); stops quietly once the process is done."""
+
+    def __init__(self, argv, env=None, user=None):
+        self.output = tempfile.TemporaryFile()
+        kwargs = {}
+        if user is not None:
+            kwargs["user"] = user
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=self.output,
+                                     stderr=subprocess.DEVNULL, env=env, cwd="/", close_fds=True, **kwargs)
+        self.open = True
+
+    def feed(self, data):
+        if not self.open:
+            return
+        try:
+            self.proc.stdin.write(data)
+        except (BrokenPipeError, OSError):
+            self.close()
+
+    def close(self):
+        if self.open:
+            self.open = False
+            try:
+                self.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+
+    def result(self):
+        self.close()
+        rc = self.proc.wait()
+        self.output.seek(0)
+        return rc, self.output.read().decode("utf-8", "replace")
+
+
+class ProducerStream(object):
+    """Reads the output of a producer chain in full parts.
+
+    producers: the chain in order (the last one's stdout is read); when there is
+    more than one, a pump thread copies producers[0]'s stdout into producers[1]'s
+    stdin and feeds the plaintext to `tee`. With one producer, the tee is fed here.
+    At end of stream every exit status is checked and StreamFailed raised.
+    """
+
+    def __init__(self, producers, tee=None):
+        self.producers = producers
+        self.tee = tee
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+        self.plain_bytes = 0
+        self.pump_error = None
+        self.pump = None
+        self.source = producers[-1].proc.stdout
+        if len(producers) == 2:
+            self.pump = threading.Thread(target=self._pump, name="backup-pump")
+            self.pump.daemon = True
+            self.pump.start()
+        elif len(producers) != 1:
+            raise ValueError("one or two producers are supported")
+
+    def _pump(self):
+        src = self.producers[0].proc.stdout
+        dst = self.producers[1].proc.stdin
+        try:
+            while True:
+                chunk = src.read(READ_CHUNK)
+                if not chunk:
+                    break
+                self.plain_bytes += len(chunk)
+                if self.tee is not None:
+                    self.tee.feed(chunk)
+                dst.write(chunk)
+        except Exception as exc:  # reported at end of stream, after the exit statuses
+            self.pump_error = "stream copy failed: %s" % exc
+            self.producers[0].kill()
+        finally:
+            try:
+                dst.close()
+            except (BrokenPipeError, OSError):
+                pass
+
+    def read_part(self, size):
+        """Exactly `size` bytes, fewer only at end of stream. At end of stream
+        raises StreamFailed unless every producer exited 0."""
+        buf = bytearray()
+        while len(buf) < size:
+            chunk = self.source.read(min(READ_CHUNK, size - len(buf)))
+            if not chunk:
+                self._check_end()
+                break
+            buf += chunk
+        data = bytes(buf)
+        self.bytes += len(data)
+        self.sha256.update(data)
+        if self.pump is None:
+            self.plain_bytes += len(data)
+            if self.tee is not None:
+                self.tee.feed(data)
+        return data
+
+    def _check_end(self):
+        if self.pump is not None:
+            self.pump.join()
+        reasons = [p.failure() for p in self.producers]
+        reasons = [r for r in reasons if r]
+        if self.pump_error and not reasons:
+            reasons.append(self.pump_error)
+        if reasons:
+            raise StreamFailed("; ".join(reasons))
+
+    def kill(self):
+        for producer in self.producers:
+            producer.kill()
+        if self.tee is not None:
+            self.tee.close()
+
+
+def upload_stream(client, bucket, key, stream, workers=4, content_type="application/octet-stream",
+                  base_part_size=BASE_PART_SIZE):
+    """Multipart-uploads a ProducerStream under `key`. Any failure (a producer
+    exiting non-zero, an S3 error, an interrupt) aborts the multipart upload, so
+    no object appears under `key` and no upload stays open. Returns the part count."""
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)["UploadId"]
+    parts = {}
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending = set()
+            number = 1
+            while True:
+                size = part_size(number, base_part_size)
+                data = stream.read_part(size)
+                if not data and number > 1:
+                    break
+                last = len(data) < size
+                while len(pending) >= workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                if len(parts) + len(pending) >= 10000:
+                    raise StreamFailed("stream exceeds 10,000 parts")
+                pending.add(pool.submit(_upload_part, client, bucket, key, upload_id, number, data, parts))
+                del data
+                number += 1
+                if last:  # a short part means end of stream, exit statuses already checked
+                    break
+            for future in pending:
+                future.result()
+        ordered = [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                         MultipartUpload={"Parts": ordered})
+    except BaseException:
+        stream.kill()
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception:  # the original error matters more; a leftover upload is listed by list_open_uploads
+            pass
+        raise
+    return len(parts)
+
+
+def _upload_part(client, bucket, key, upload_id, number, data, parts):
+    response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
+    parts[number] = response["ETag"]
