@@ -91,8 +91,6 @@ class Connection(object):
         env["PGUSER"] = self.user
         if self.password is not None:
             env["PGPASSFILE"] = os.path.join(self.private_dir, "pgpass")
-        else:
-            env["PGPASSFILE"] = os.devnull
         if self.os_user:
             entry = pwd.getpwnam(self.os_user)
             env["HOME"] = entry.pw_dir

@@ -1,0 +1,145 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: backup_prune
+short_description: Apply grandfather-father-son retention to pg_backup backups in S3
+version_added: 0.1.0
+description:
+  - Lists exactly C(<s3_prefix>/<database>/) (never a neighbouring prefix such as C(<s3_prefix>-other/)) and
+    considers only backups that have a manifest. Backups without one (running or failed) are reported and
+    left alone.
+  - Keeps the newest backup of each of the newest O(keep_daily) days, O(keep_weekly) ISO weeks and
+    O(keep_monthly) months (UTC calendar buckets), and always the newest backup.
+  - Deletes only the objects a manifest lists, manifest first, and only keys inside that backup's own
+    directory.
+  - The selection is the pure function behind the C(keelson.stack.gfs_retention) filter.
+author: keelson.stack developers
+requirements:
+  - boto3 1.26 or later
+attributes:
+  check_mode:
+    support: full
+    details: Reports what would be kept and deleted; deletes nothing.
+  diff_mode:
+    support: none
+options:
+  database:
+    description: Database whose backups are pruned.
+    type: str
+    required: true
+  keep_daily:
+    description: Daily buckets to keep.
+    type: int
+    default: 30
+  keep_weekly:
+    description: Weekly (ISO week) buckets to keep.
+    type: int
+    default: 12
+  keep_monthly:
+    description: Monthly buckets to keep.
+    type: int
+    default: 12
+  s3_endpoint_url:
+    description: S3 endpoint URL; AWS when omitted.
+    type: str
+  s3_bucket:
+    description: Bucket holding the backups.
+    type: str
+    required: true
+  s3_prefix:
+    description: Key prefix the backups were made under.
+    type: str
+    required: true
+  s3_access_key:
+    description: S3 access key id.
+    type: str
+    required: true
+  s3_secret_key:
+    description: S3 secret key.
+    type: str
+    required: true
+  s3_region:
+    description: S3 region name.
+    type: str
+    default: us-east-1
+"""
+
+EXAMPLES = r"""
+- name: Keep 30 daily, 12 weekly and 12 monthly backups of app
+  keelson.stack.backup_prune:
+    database: app
+    keep_daily: 30
+    keep_weekly: 12
+    keep_monthly: 12
+    s3_bucket: backups
+    s3_prefix: staging/postgresql/db1
+    s3_access_key: "{{ vault_backup_s3_access_key }}"
+    s3_secret_key: "{{ vault_backup_s3_secret_key }}"
+"""
+
+RETURN = r"""
+keep:
+  description: Backup ids kept, newest first.
+  returned: always
+  type: list
+  elements: str
+delete:
+  description: Backup ids deleted (or, in check mode, that would be), newest first.
+  returned: always
+  type: list
+  elements: str
+reasons:
+  description: For each kept backup, why (C(newest), C(daily 2026-11-22), C(weekly 2026-W47), C(monthly 2026-11)).
+  returned: always
+  type: dict
+incomplete:
+  description: Backup ids without a manifest, left alone.
+  returned: always
+  type: list
+  elements: str
+deleted_keys:
+  description: Object keys deleted.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.keelson.stack.plugins.module_utils.backup_args import S3_ARGS, spec
+
+try:
+    from ansible_collections.keelson.stack.plugins.module_utils.backup_pruning import run_prune
+    IMPORT_ERROR = None
+except ImportError as exc:
+    IMPORT_ERROR = exc
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=spec(
+            S3_ARGS,
+            database=dict(type="str", required=True),
+            keep_daily=dict(type="int", default=30),
+            keep_weekly=dict(type="int", default=12),
+            keep_monthly=dict(type="int", default=12),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR is not None:
+        module.fail_json(msg="cannot load backup_prune logic: %s" % IMPORT_ERROR)
+    try:
+        result = run_prune(module.params, check_mode=module.check_mode)
+    except Exception as exc:  # every failure becomes one line
+        module.fail_json(msg="prune of %s failed: %s" % (module.params["database"], str(exc).replace("\n", " ")))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: pg_backup
+short_description: Stream a pg_dump of one PostgreSQL database to S3, with a manifest as commit marker
+version_added: 0.1.0
+description:
+  - Runs C(pg_dump -Fc) in an exported snapshot, optionally through C(age) encryption, straight into an
+    S3 multipart upload. Nothing is written to local disk. Part sizes start at 8 MiB and double every 1000
+    parts, so memory stays flat and very large dumps stay under the 10,000-part limit.
+  - If C(pg_dump), C(pg_dumpall) or C(age) exits non-zero at any point, the multipart upload is aborted:
+    no object appears under the final key and no upload stays open.
+  - Also stores C(pg_dumpall --globals-only) (encrypted the same way).
+  - Uploads last a JSON manifest (database, server and tool versions, start and end time, byte counts,
+    sha256 of each stored object, compression, encryption, the sha256 of the C(pg_restore -l) table of
+    contents, per-table row counts counted in the dump's snapshot). A backup without a manifest does not
+    exist for M(keelson.stack.pg_restore) and M(keelson.stack.backup_prune).
+  - "Objects are stored as C(<s3_prefix>/<database>/<backup id>/dump.pgc[.age]), C(globals.sql[.age]) and
+    C(manifest.json); the backup id is the UTC start time, C(YYYYMMDDTHHMMSSZ)."
+  - A lock file (C(flock), released when the process dies) prevents overlapping runs on one database; a
+    second run fails at once naming the holder.
+  - Passwords reach C(pg_dump) through a private C(PGPASSFILE) (mode 0600, removed afterwards), S3
+    credentials stay inside the module process; neither is on a command line.
+author: keelson.stack developers
+requirements:
+  - python3-boto3 (boto3 1.26 or later) on the database host
+  - PostgreSQL client tools matching the server (pg_dump, pg_dumpall, pg_restore, psql)
+  - age, when O(age_recipients) is set
+attributes:
+  check_mode:
+    support: full
+    details: Connects to S3 and PostgreSQL, picks the compression and reports the keys it would write; uploads nothing.
+  diff_mode:
+    support: none
+options:
+  database:
+    description: Name of the database to back up.
+    type: str
+    required: true
+  s3_endpoint_url:
+    description: S3 endpoint URL (for example a Ceph RGW or MinIO); AWS when omitted.
+    type: str
+  s3_bucket:
+    description: Bucket holding the backups.
+    type: str
+    required: true
+  s3_prefix:
+    description: Key prefix; backups go under C(<s3_prefix>/<database>/). Trailing slashes do not matter.
+    type: str
+    required: true
+  s3_access_key:
+    description: S3 access key id.
+    type: str
+    required: true
+  s3_secret_key:
+    description: S3 secret key.
+    type: str
+    required: true
+  s3_region:
+    description: S3 region name.
+    type: str
+    default: us-east-1
+  pg_host:
+    description: Server host or socket directory; the default local socket when omitted.
+    type: str
+  pg_port:
+    description: Server port.
+    type: int
+    default: 5432
+  pg_user:
+    description: Database role used to dump; it must be able to read every table (and C(pg_authid) for globals).
+    type: str
+    default: postgres
+  pg_password:
+    description: Password of O(pg_user), passed through a temporary C(PGPASSFILE). Omit for peer authentication.
+    type: str
+  pg_os_user:
+    description: Operating system user the client tools run as (peer authentication on the local socket).
+    type: str
+    default: postgres
+  compression:
+    description: C(pg_dump) compression; C(auto) is zstd where this pg_dump supports it (PostgreSQL 16+), gzip otherwise.
+    type: str
+    choices: [auto, zstd, gzip, lz4, none]
+    default: auto
+  compression_level:
+    description: Compression level; the method's default when omitted.
+    type: int
+  age_recipients:
+    description:
+      - age public keys (C(age1...)) to encrypt the dump and globals for. The identity is not needed on this host.
+      - No encryption when empty.
+    type: list
+    elements: str
+    default: []
+  globals:
+    description: Also store C(pg_dumpall --globals-only) (roles and tablespaces).
+    type: bool
+    default: true
+  lock_dir:
+    description: Directory for the per-database lock files.
+    type: path
+    default: /run/lock/keelson-backup
+  metrics_dir:
+    description: node_exporter textfile collector directory for C(keelson_backup_*) metrics; none written when omitted.
+    type: path
+  upload_workers:
+    description: Parts uploaded in parallel (each holds one part in memory).
+    type: int
+    default: 4
+"""
+
+EXAMPLES = r"""
+- name: Back up the app database, encrypted for the ops key
+  keelson.stack.pg_backup:
+    database: app
+    s3_endpoint_url: https://s3.example.net
+    s3_bucket: backups
+    s3_prefix: staging/postgresql/db1
+    s3_access_key: "{{ vault_backup_s3_access_key }}"
+    s3_secret_key: "{{ vault_backup_s3_secret_key }}"
+    age_recipients:
+      - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+    metrics_dir: /var/lib/prometheus/node-exporter
+  register: backup
+"""
+
+RETURN = r"""
+backup_id:
+  description: Id of the backup (UTC start time).
+  returned: always
+  type: str
+  sample: 20261122T021500Z
+key:
+  description: Key of the stored dump.
+  returned: always
+  type: str
+  sample: staging/postgresql/db1/app/20261122T021500Z/dump.pgc.age
+manifest_key:
+  description: Key of the manifest.
+  returned: always
+  type: str
+bytes:
+  description: Stored size of the dump.
+  returned: success
+  type: int
+plain_bytes:
+  description: Size of the dump before encryption.
+  returned: success
+  type: int
+sha256:
+  description: sha256 of the stored dump.
+  returned: success
+  type: str
+parts:
+  description: Number of multipart upload parts.
+  returned: success
+  type: int
+compression:
+  description: Compression method used.
+  returned: always
+  type: str
+  sample: zstd
+encrypted:
+  description: Whether the dump is age-encrypted.
+  returned: always
+  type: bool
+tables:
+  description: Number of tables counted.
+  returned: success
+  type: int
+rows:
+  description: Total rows over all tables, counted in the dump's snapshot.
+  returned: success
+  type: int
+duration_seconds:
+  description: Wall time of the backup.
+  returned: success
+  type: float
+outcome:
+  description: C(ok) or C(failed), also on failure, for playbooks that summarise several databases.
+  returned: always
+  type: str
+metrics_file:
+  description: Metrics file written.
+  returned: when O(metrics_dir) is set
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.keelson.stack.plugins.module_utils.backup_args import PG_ARGS, S3_ARGS, spec
+from ansible_collections.keelson.stack.plugins.module_utils.backup_local import LockHeld
+
+try:
+    from ansible_collections.keelson.stack.plugins.module_utils.backup_dump import record_metrics, run_backup
+    IMPORT_ERROR = None
+except ImportError as exc:  # boto3 is imported lazily; this guards the module_utils themselves
+    IMPORT_ERROR = exc
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=spec(
+            S3_ARGS, PG_ARGS,
+            database=dict(type="str", required=True),
+            compression=dict(type="str", default="auto", choices=["auto", "zstd", "gzip", "lz4", "none"]),
+            compression_level=dict(type="int"),
+            age_recipients=dict(type="list", elements="str", default=[]),
+            globals=dict(type="bool", default=True),
+            lock_dir=dict(type="path", default="/run/lock/keelson-backup"),
+            metrics_dir=dict(type="path"),
+            upload_workers=dict(type="int", default=4),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR is not None:
+        module.fail_json(msg="cannot load pg_backup logic: %s" % IMPORT_ERROR, outcome="failed")
+    params = module.params
+    try:
+        result = run_backup(params, check_mode=module.check_mode)
+    except LockHeld as exc:
+        module.fail_json(msg=str(exc), outcome="failed", database=params["database"])
+    except ImportError as exc:
+        module.fail_json(msg="boto3 is required on this host: %s" % exc, outcome="failed", database=params["database"])
+    except Exception as exc:  # every failure becomes one line; the metric records it
+        msg = str(exc).replace("\n", " ") or type(exc).__name__
+        if params["metrics_dir"] and not module.check_mode:
+            record_metrics(params["metrics_dir"], params["database"], ok=False)
+        module.fail_json(msg="backup of %s failed: %s" % (params["database"], msg), outcome="failed",
+                         database=params["database"])
+    result["outcome"] = "ok"
+    result["database"] = params["database"]
+    if params["metrics_dir"] and not module.check_mode:
+        result["metrics_file"] = record_metrics(params["metrics_dir"], params["database"], ok=True, result=result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
