@@ -1,0 +1,151 @@
+"""Lab fixtures for the integration tests (session-scoped): the lab inventory and
+generated variables, commands on lab hosts, the S3 server, playbook runs, and a
+database with known tables and row counts created here (not the demo app's)."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = ROOT / "inventories" / "lab" / "hosts.yml"
+COLLECTIONS = ROOT / "collections"
+if str(COLLECTIONS) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS))
+GENERATED = ROOT / "inventories" / "lab" / "group_vars" / "all" / "lab_generated.yml"
+
+# Known content: table -> rows (quoted identifiers as pg_backup's manifest names them).
+KNOWN_TABLES = {
+    "public.items": 1000,
+    'public."Odd Name"': 37,
+    "public.empty": 0,
+    "sales.orders_2025": 250,
+    "sales.orders_2026": 120,
+}
+KNOWN_SQL = """
+CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
+INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;
+CREATE TABLE "Odd Name" (v text);
+INSERT INTO "Odd Name" SELECT md5(g::text) FROM generate_series(1, 37) g;
+CREATE TABLE empty (v int);
+CREATE SCHEMA sales;
+CREATE TABLE sales.orders (id int, year int NOT NULL) PARTITION BY LIST (year);
+CREATE TABLE sales.orders_2025 PARTITION OF sales.orders FOR VALUES IN (2025);
+CREATE TABLE sales.orders_2026 PARTITION OF sales.orders FOR VALUES IN (2026);
+INSERT INTO sales.orders SELECT g, 2025 FROM generate_series(1, 250) g;
+INSERT INTO sales.orders SELECT g, 2026 FROM generate_series(1, 120) g;
+"""
+
+
+class Lab:
+    def __init__(self):
+        if not INVENTORY.exists() or not GENERATED.exists():
+            pytest.fail("the lab is not up: run `make lab` first (%s missing)" % INVENTORY)
+        inventory = yaml.safe_load(INVENTORY.read_text())
+        self.vars = yaml.safe_load(GENERATED.read_text())
+        db_hosts = inventory["all"]["children"]["db"]["hosts"]
+        self.db_host = sorted(db_hosts)[0]
+        self.db_container = db_hosts[self.db_host]["ansible_host"]
+
+    def sh(self, script, check=True, user=None, timeout=600):
+        """Runs a shell script on the db host; returns CompletedProcess."""
+        argv = ["docker", "exec", "-i"] + (["-u", user] if user else []) + [self.db_container, "sh", "-c", script]
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError("on %s: %s\n%s%s" % (self.db_container, script, res.stdout, res.stderr))
+        return res
+
+    def psql(self, database, sql):
+        res = subprocess.run(["docker", "exec", "-i", "-u", "postgres", self.db_container,
+                              "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database],
+                             input=sql, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        return [line for line in res.stdout.splitlines() if line]
+
+    def databases(self):
+        return set(self.psql("postgres", "SELECT datname FROM pg_database;"))
+
+    def s3(self):
+        import boto3
+        from botocore.config import Config
+        return boto3.client("s3", endpoint_url=self.vars["keelson_s3_endpoint_url"],
+                            aws_access_key_id=self.vars["keelson_s3_access_key"],
+                            aws_secret_access_key=self.vars["keelson_s3_secret_key"], region_name="us-east-1",
+                            config=Config(s3={"addressing_style": "path"}))
+
+    def playbook(self, name, extra_vars, verbose=False, background=False):
+        """ansible-playbook with extra vars passed in a 0600 file (never argv).
+        Returns CompletedProcess, or (Popen, vars_file) when background."""
+        fd, path = tempfile.mkstemp(prefix="keelson-it-", suffix=".json")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(extra_vars, handle)
+        argv = ["ansible-playbook", "-i", str(INVENTORY), str(ROOT / "playbooks" / name), "-e", "@" + path,
+                "-l", self.db_host] + (["-v"] if verbose else [])
+        env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_FORCE_COLOR="0")
+        if background:
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+            return proc, path
+        try:
+            res = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+        finally:
+            os.unlink(path)
+        res.output = res.stdout + res.stderr
+        return res
+
+
+@pytest.fixture(scope="session")
+def lab():
+    lab = Lab()
+    if lab.sh("command -v pg_dump && command -v psql", check=False).returncode != 0:
+        pytest.fail("PostgreSQL is not installed on %s: run `make lab` (site.yml) first" % lab.db_container)
+    return lab
+
+
+@pytest.fixture(scope="session")
+def s3(lab):
+    return lab.s3()
+
+
+@pytest.fixture(scope="session")
+def run_prefix(lab, s3):
+    """An S3 prefix of this test session, emptied afterwards."""
+    prefix = "itest/%s" % uuid.uuid4().hex[:12]
+    yield prefix
+    bucket = lab.vars["keelson_s3_bucket"]
+    for root in (prefix, prefix + "-other"):
+        for upload in s3.list_multipart_uploads(Bucket=bucket, Prefix=root + "/").get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=root + "/"):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+@pytest.fixture(scope="session")
+def known_db(lab):
+    """A database with KNOWN_TABLES, recreated for this session."""
+    name = "keelson_it"
+    lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE);" % name)
+    lab.psql("postgres", "CREATE DATABASE %s;" % name)
+    lab.psql(name, KNOWN_SQL)
+    yield name
+    lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE);" % name)
+
+
+@pytest.fixture(scope="session")
+def big_db(lab):
+    """A pgbench database large enough (uncompressed dump > 100 MB) for pg_dump
+    to run for a while: fault tests kill it or race it."""
+    name = "keelson_it_big"
+    lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE);" % name)
+    lab.psql("postgres", "CREATE DATABASE %s;" % name)
+    lab.sh("cd / && pgbench -i -q -s 10 %s" % name, user="postgres", timeout=1200)
+    yield name
+    lab.psql("postgres", "DROP DATABASE IF EXISTS %s WITH (FORCE);" % name)
+

@@ -1,0 +1,318 @@
+"""Backup and restore against the lab: PostgreSQL on db1, Ceph RGW, the real
+playbooks. Fault tests: pg_dump killed halfway, a flipped byte, two backups at
+once, wrong S3 credentials, the database down."""
+import json
+import re
+import subprocess
+import threading
+
+import pytest
+
+from conftest import KNOWN_TABLES
+
+SUMMARY = re.compile(r"keelson-(backup|restore|verify) \S+/(\S+) (OK|FAILED): (.*)")
+
+
+def summaries(output):
+    """Summary lines of a run (the YAML callback may fold them; unfold first)."""
+    text = re.sub(r"'\n\s+", "' ", output)
+    text = re.sub(r"\n\s{8,}", " ", text)
+    return [m.groups() for m in SUMMARY.finditer(text)]
+
+
+def bvars(prefix, databases, **more):
+    values = {"backup_databases": list(databases), "backup_s3_prefix": prefix}
+    values.update(more)
+    return values
+
+
+def committed(lab, s3, prefix, database):
+    """{backup id: manifest} under prefix/database/."""
+    bucket = lab.vars["keelson_s3_bucket"]
+    result = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="%s/%s/" % (prefix, database)):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/manifest.json"):
+                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                result[obj["Key"].split("/")[-2]] = json.loads(body)
+    return result
+
+
+def keys_under(lab, s3, prefix):
+    bucket = lab.vars["keelson_s3_bucket"]
+    keys = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            keys[obj["Key"]] = obj["ETag"]
+    return keys
+
+
+def open_uploads(lab, s3, prefix):
+    return s3.list_multipart_uploads(Bucket=lab.vars["keelson_s3_bucket"], Prefix=prefix).get("Uploads", [])
+
+
+def wait_for(predicate, what, attempts=1200):
+    """Polls a condition (each attempt blocks on a real command, so no fixed sleeps)."""
+    for _ in range(attempts):
+        value = predicate()
+        if value:
+            return value
+        subprocess.run(["sleep", "0.25"], check=True)
+    raise AssertionError("gave up waiting for " + what)
+
+
+def table_counts(lab, database):
+    rows = lab.psql(database, "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY 1;")
+    counts = {}
+    for name in rows:
+        counts[name] = int(lab.psql(database, "SELECT count(*) FROM ONLY %s;" % name)[0])
+    return counts
+
+
+def test_backup_restore_roundtrip(lab, s3, run_prefix, known_db):
+    prefix = run_prefix + "/roundtrip"
+    res = lab.playbook("backup.yml", bvars(prefix, [known_db]))
+    assert res.returncode == 0, res.output
+    lines = summaries(res.output)
+    assert [(kind, db, status) for kind, db, status, _ in lines] == [("backup", known_db, "OK")], res.output
+
+    manifests = committed(lab, s3, prefix, known_db)
+    assert len(manifests) == 1
+    manifest = next(iter(manifests.values()))
+    assert manifest["row_counts"] == KNOWN_TABLES
+    assert manifest["compression"]["method"] in ("zstd", "gzip")
+    assert manifest["encryption"] == {"method": "none"}
+    assert set(manifest["objects"]) == {"dump", "globals"}
+    stored = s3.get_object(Bucket=lab.vars["keelson_s3_bucket"], Key=manifest["objects"]["dump"]["key"])["Body"].read()
+    assert stored[:5] == b"PGDMP"
+    import hashlib
+    assert hashlib.sha256(stored).hexdigest() == manifest["objects"]["dump"]["sha256"]
+    assert len(stored) == manifest["objects"]["dump"]["bytes"]
+
+    metrics = lab.sh("cat /var/lib/prometheus/node-exporter/keelson_backup_%s.prom" % known_db).stdout
+    assert 'keelson_backup_last_run_success{database="%s"} 1.0' % known_db in metrics
+
+    before = lab.databases()
+    res = lab.playbook("restore.yml", bvars(prefix, [known_db], backup_restore_database=known_db))
+    assert res.returncode == 0, res.output
+    created = lab.databases() - before
+    assert created == {"%s_restore_%s" % (known_db, manifest["id"].lower())}, created
+    scratch = created.pop()
+    try:
+        assert table_counts(lab, scratch) == KNOWN_TABLES
+    finally:
+        lab.psql("postgres", "DROP DATABASE %s;" % scratch)
+
+    # Restoring onto an existing database needs the explicit confirmation.
+    res = lab.playbook("restore.yml", bvars(prefix, [known_db], backup_restore_database=known_db,
+                                            target=known_db))
+    assert res.returncode != 0
+    assert "needs confirm_overwrite=%s" % known_db in res.output
+    lab.psql(known_db, "INSERT INTO items VALUES (5000, 'added after the backup');")
+    res = lab.playbook("restore.yml", bvars(prefix, [known_db], backup_restore_database=known_db,
+                                            target=known_db, confirm_overwrite=known_db))
+    assert res.returncode == 0, res.output
+    assert table_counts(lab, known_db) == KNOWN_TABLES
+
+    # The scheduled test restore: latest backup into a scratch database, dropped, metric written.
+    before = lab.databases()
+    res = lab.playbook("verify_backups.yml", bvars(prefix, [known_db]))
+    assert res.returncode == 0, res.output
+    assert [s[:3] for s in summaries(res.output)] == [("verify", known_db, "OK")]
+    assert lab.databases() == before
+    metrics = lab.sh("cat /var/lib/prometheus/node-exporter/keelson_backup_verify_%s.prom" % known_db).stdout
+    assert 'keelson_backup_verify_last_run_success{database="%s"} 1.0' % known_db in metrics
+
+
+def test_encrypted_backup_secrets_stay_out_of_ps_output_and_files(lab, s3, run_prefix, known_db, tmp_path):
+    prefix = run_prefix + "/encrypted"
+    identity = lab.sh("age-keygen 2>/dev/null").stdout  # printed, never stored on the db host
+    recipient = re.search(r"public key: (age1\w+)", identity).group(1)
+    secret_key = re.search(r"(AGE-SECRET-KEY-\w+)", identity).group(1)
+    password = "it-%s" % re.sub(r"\W", "", secret_key[-16:])
+    lab.psql("postgres", "DROP ROLE IF EXISTS keelson_it_backup; "
+                         "CREATE ROLE keelson_it_backup LOGIN SUPERUSER PASSWORD '%s';" % password)
+    secrets = [lab.vars["keelson_s3_secret_key"], secret_key, password]
+
+    samples = []
+    stop = threading.Event()
+
+    def sample_ps():
+        while not stop.is_set():
+            for argv in (["docker", "exec", lab.db_container, "ps", "-eo", "args", "e"], ["ps", "-eo", "args"]):
+                samples.append(subprocess.run(argv, capture_output=True, text=True).stdout)
+
+    sampler = threading.Thread(target=sample_ps)
+    sampler.start()
+    try:
+        res = lab.playbook("backup.yml", bvars(prefix, [known_db], backup_age_recipients=[recipient],
+                                               backup_pg_host="127.0.0.1", backup_pg_user="keelson_it_backup",
+                                               backup_pg_password=password), verbose=True)
+    finally:
+        stop.set()
+        sampler.join()
+    assert res.returncode == 0, res.output
+    assert any("pg_dump" in s for s in samples), "the sampler never saw pg_dump running"
+    for secret in secrets:
+        assert secret not in res.output
+        assert not any(secret in s for s in samples), "a secret appeared in ps output"
+    leftovers = lab.sh("grep -rlsF -e %s -e %s /tmp /var/tmp /run /root /var/lib/postgresql 2>/dev/null || true"
+                       % (password, secret_key)).stdout.split()
+    assert leftovers == []
+
+    manifest = next(iter(committed(lab, s3, prefix, known_db).values()))
+    assert manifest["encryption"] == {"method": "age", "recipients": [recipient]}
+    stored = s3.get_object(Bucket=lab.vars["keelson_s3_bucket"], Key=manifest["objects"]["dump"]["key"])["Body"].read()
+    assert stored.startswith(b"age-encryption.org/v1")
+
+    res = lab.playbook("restore.yml", bvars(prefix, [known_db], backup_restore_database=known_db))
+    assert res.returncode != 0 and "age_identity is required" in res.output
+
+    before = lab.databases()
+    res = lab.playbook("restore.yml", bvars(prefix, [known_db], backup_restore_database=known_db,
+                                            backup_age_identity=identity, target="keelson_it_decrypted"),
+                       verbose=True)
+    assert res.returncode == 0, res.output
+    for secret in secrets:
+        assert secret not in res.output
+    try:
+        assert table_counts(lab, "keelson_it_decrypted") == KNOWN_TABLES
+    finally:
+        lab.psql("postgres", "DROP DATABASE IF EXISTS keelson_it_decrypted;")
+        lab.psql("postgres", "DROP ROLE IF EXISTS keelson_it_backup;")
+    assert lab.databases() == before
+
+
+def test_flipped_byte_is_refused_before_any_database_is_touched(lab, s3, run_prefix, known_db):
+    prefix = run_prefix + "/flip"
+    assert lab.playbook("backup.yml", bvars(prefix, [known_db])).returncode == 0
+    manifest = next(iter(committed(lab, s3, prefix, known_db).values()))
+    bucket, key = lab.vars["keelson_s3_bucket"], manifest["objects"]["dump"]["key"]
+    data = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+
+    activity = "SELECT count(*) FROM pg_stat_database WHERE datname LIKE 'keelson_it_restore%';"
+    before = lab.databases()
+    res = lab.playbook("restore.yml", bvars(prefix, [known_db], backup_restore_database=known_db))
+    assert res.returncode != 0
+    lines = summaries(res.output)
+    assert len(lines) == 1 and lines[0][2] == "FAILED"
+    assert "checksum mismatch" in lines[0][3] and "no database was touched" in lines[0][3]
+    assert lab.databases() == before
+    assert lab.psql("postgres", activity) == ["0"]
+
+
+def test_pg_dump_killed_halfway_leaves_nothing_behind(lab, s3, run_prefix, big_db):
+    prefix = run_prefix + "/kill"
+    base = "%s/%s/" % (prefix, big_db)
+    res = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"))
+    assert res.returncode == 0, res.output
+    previous = keys_under(lab, s3, base)
+    assert len([k for k in previous if k.endswith("manifest.json")]) == 1
+
+    proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"), background=True)
+    try:
+        bucket = lab.vars["keelson_s3_bucket"]
+
+        def upload_with_parts():
+            for upload in open_uploads(lab, s3, base):
+                if s3.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]).get("Parts"):
+                    return upload
+            return None
+
+        upload = wait_for(upload_with_parts, "a multipart upload with parts")
+        lab.sh("pkill -KILL -x pg_dump")
+        output = proc.communicate(timeout=600)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        import os
+        os.unlink(vars_file)
+    assert proc.returncode != 0
+    lines = summaries(output)
+    assert len(lines) == 1 and lines[0][2] == "FAILED", output
+    assert "pg_dump killed by signal 9" in lines[0][3]
+    new_dir = upload["Key"].rsplit("/", 1)[0] + "/"
+    assert not [k for k in keys_under(lab, s3, base) if k.startswith(new_dir)], "objects left under " + new_dir
+    assert open_uploads(lab, s3, base) == []
+    assert keys_under(lab, s3, base) == previous  # the previous backup, manifest included, untouched
+    metrics = lab.sh("cat /var/lib/prometheus/node-exporter/keelson_backup_%s.prom" % big_db).stdout
+    assert 'keelson_backup_last_run_success{database="%s"} 0.0' % big_db in metrics
+
+
+def test_second_concurrent_backup_fails_fast_naming_the_lock(lab, s3, run_prefix, big_db):
+    prefix = run_prefix + "/lock"
+    first, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"), background=True)
+    try:
+        wait_for(lambda: lab.sh("pgrep -x pg_dump", check=False).returncode == 0, "the first pg_dump")
+        second = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"))
+        # The second run came back while the first one's pg_dump is still going.
+        assert lab.sh("pgrep -x pg_dump", check=False).returncode == 0, "the first backup ended before the second"
+        assert first.poll() is None
+        first_output = first.communicate(timeout=900)[0]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        import os
+        os.unlink(vars_file)
+    assert second.returncode != 0
+    lines = summaries(second.output)
+    assert len(lines) == 1 and lines[0][2] == "FAILED"
+    assert re.search(r"backup of %s is locked by another run \(pid \d+ on \S+ since " % big_db, lines[0][3]), lines
+    assert first.returncode == 0, first_output
+
+
+def test_wrong_s3_credentials_fail_with_one_line(lab, run_prefix, known_db):
+    wrong = "not-the-secret-0123456789"
+    res = lab.playbook("backup.yml", bvars(run_prefix + "/creds", [known_db], backup_s3_secret_key=wrong), verbose=True)
+    assert res.returncode != 0
+    lines = summaries(res.output)
+    assert len(lines) == 1 and lines[0][2] == "FAILED"
+    assert re.search(r"S3 HeadBucket \S+ failed: (403|SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied)", lines[0][3])
+    assert wrong not in res.output
+
+
+def test_database_down_fails_with_one_line(lab, run_prefix, known_db):
+    # Nothing listens on this port: the same client error as a stopped server, without stopping the shared one.
+    res = lab.playbook("backup.yml", bvars(run_prefix + "/down", [known_db], backup_pg_host="127.0.0.1",
+                                           backup_pg_port=5999))
+    assert res.returncode != 0
+    lines = summaries(res.output)
+    assert len(lines) == 1 and lines[0][2] == "FAILED"
+    assert "psql failed" in lines[0][3] and "Connection refused" in lines[0][3], lines
+
+
+@pytest.mark.parametrize("neighbour", ["-other", "x"])
+def test_prune_stays_inside_its_exact_prefix(lab, s3, run_prefix, neighbour):
+    from ansible_collections.keelson.stack.plugins.module_utils.backup_pruning import run_prune
+
+    bucket = lab.vars["keelson_s3_bucket"]
+    prefix = run_prefix + "/prune"
+    ids = ["2026010%dT021500Z" % d for d in range(1, 6)]
+    layout = {}
+    for root in (prefix, prefix + neighbour):
+        for backup_id in ids:
+            base = "%s/app/%s/" % (root, backup_id)
+            manifest = {"format": "keelson-pg-backup/1", "database": "app", "id": backup_id,
+                        "objects": {"dump": {"key": base + "dump.pgc", "bytes": 1, "sha256": "x"}}}
+            s3.put_object(Bucket=bucket, Key=base + "dump.pgc", Body=b"x")
+            s3.put_object(Bucket=bucket, Key=base + "manifest.json", Body=json.dumps(manifest).encode())
+    s3.put_object(Bucket=bucket, Key="%s/app/20251231T021500Z/dump.pgc" % prefix, Body=b"uncommitted")
+    layout = keys_under(lab, s3, run_prefix + "/prune")
+    params = {"database": "app", "s3_bucket": bucket, "s3_prefix": prefix,
+              "s3_endpoint_url": lab.vars["keelson_s3_endpoint_url"], "s3_access_key": lab.vars["keelson_s3_access_key"],
+              "s3_secret_key": lab.vars["keelson_s3_secret_key"], "keep_daily": 2, "keep_weekly": 0, "keep_monthly": 0}
+    try:
+        dry = run_prune(params, check_mode=True)
+        assert dry["keep"] == [ids[4], ids[3]] and dry["delete"] == [ids[2], ids[1], ids[0]]
+        assert dry["incomplete"] == ["20251231T021500Z"]
+        assert keys_under(lab, s3, run_prefix + "/prune") == layout
+        done = run_prune(params)
+        assert done["delete"] == dry["delete"]
+        after = keys_under(lab, s3, run_prefix + "/prune")
+        gone = set(layout) - set(after)
+        assert gone == {"%s/app/%s/%s" % (prefix, i, n) for i in ids[:3] for n in ("dump.pgc", "manifest.json")}
+    finally:
+        for key in keys_under(lab, s3, run_prefix + "/prune"):
+            s3.delete_object(Bucket=bucket, Key=key)
