@@ -150,11 +150,13 @@ class GateFailed(Exception):
         self.result = result
 
 
-def wait_for_probes(probes, consecutive=3, interval=1.0, timeout=60.0,
+def wait_for_probes(probes, consecutive=3, interval=1.0, timeout=60.0, stable_seconds=0.0,
                     runner=run_probe, clock=time.monotonic, sleep=time.sleep):
     """Runs every probe each round until each has passed ``consecutive`` times in a
-    row; a probe that has reached its count is not run again. Returns the result dict;
-    raises GateFailed (carrying the same dict) at the deadline or on a fatal outcome.
+    row, over a streak lasting at least ``stable_seconds`` (so a process that dies a few
+    seconds after start is caught); a probe that has passed is not run again. Returns the
+    result dict; raises GateFailed (carrying the same dict) at the deadline or on a fatal
+    outcome.
 
     The result: ``passed``, ``total_seconds``, ``reason`` and per probe ``name``,
     ``attempts``, ``successes``, ``first_success_seconds``, ``passed_seconds``,
@@ -162,9 +164,11 @@ def wait_for_probes(probes, consecutive=3, interval=1.0, timeout=60.0,
     """
     if consecutive < 1:
         raise ValueError("consecutive must be at least 1")
+    if stable_seconds >= timeout:
+        raise ValueError("stable_seconds must be shorter than the timeout")
     start = clock()
     deadline = start + timeout
-    states = [{"name": probe_name(p), "attempts": 0, "successes": 0, "streak": 0,
+    states = [{"name": probe_name(p), "attempts": 0, "successes": 0, "streak": 0, "streak_start": None,
                "first_success_seconds": None, "passed_seconds": None, "last_failure": None}
               for p in probes]
 
@@ -173,7 +177,7 @@ def wait_for_probes(probes, consecutive=3, interval=1.0, timeout=60.0,
             "passed": passed,
             "reason": reason,
             "total_seconds": round(clock() - start, 3),
-            "probes": [dict((k, v) for k, v in s.items() if k != "streak") for s in states],
+            "probes": [dict((k, v) for k, v in s.items() if not k.startswith("streak")) for s in states],
         }
 
     while True:
@@ -186,9 +190,11 @@ def wait_for_probes(probes, consecutive=3, interval=1.0, timeout=60.0,
             if outcome.ok:
                 state["successes"] += 1
                 state["streak"] += 1
+                if state["streak"] == 1:
+                    state["streak_start"] = now
                 if state["first_success_seconds"] is None:
                     state["first_success_seconds"] = round(now, 3)
-                if state["streak"] >= consecutive:
+                if state["streak"] >= consecutive and now - state["streak_start"] >= stable_seconds:
                     state["passed_seconds"] = round(now, 3)
             else:
                 state["streak"] = 0

@@ -26,7 +26,7 @@ description:
     machines see the same lock."
   - Concurrent runs on the lock host are serialized with C(flock) on a C(.guard) file next to the lock.
 author:
-  - keelson.stack contributors
+  - keelson.stack developers (@keelson)
 options:
   path:
     description: The lock file. Its directory is created (mode 0755) if missing.
@@ -58,9 +58,11 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports whether the lock could be taken or released, and fails if another owner holds it; writes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 """
 

@@ -15,13 +15,13 @@ version_added: "0.1.0"
 description:
   - Runs HTTP(S), TCP and Docker container health probes from the target host, round after round,
     until every probe has passed O(consecutive) times in a row.
-  - A probe that has reached its count is not run again. A failure resets that probe's count.
+  - A probe that has reached its count (and O(stable_seconds)) is not run again. A failure resets that probe's count.
   - Fails at the deadline (O(timeout)) with the last failure reason of each probe still pending.
     Fails at once when a Docker probe sees the container stopped or Docker has marked it C(unhealthy),
     because waiting cannot help then.
   - The module only reads; it never changes the target.
 author:
-  - keelson.stack contributors
+  - keelson.stack developers (@keelson)
 options:
   probes:
     description: The probes. Each must pass.
@@ -89,6 +89,13 @@ options:
     description: Seconds between rounds.
     type: float
     default: 1
+  stable_seconds:
+    description:
+      - Each probe's run of passes must also span at least this many seconds, so that a service that
+        answers and then dies a few seconds after start does not pass.
+      - Must be shorter than O(timeout).
+    type: float
+    default: 0
   timeout:
     description: Seconds from the start until the gate fails.
     type: float
@@ -97,9 +104,11 @@ requirements:
   - Docker SDK for Python on the target, for C(docker) probes only.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The probes only read, so they run in check mode too.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 notes:
   - Probes run from the target host. Delegate the task to probe from another host, for example through the load balancer.
@@ -198,6 +207,7 @@ def main():
             probes=dict(type="list", elements="dict", required=True, options=PROBE_OPTIONS),
             consecutive=dict(type="int", default=3),
             interval=dict(type="float", default=1),
+            stable_seconds=dict(type="float", default=0),
             timeout=dict(type="float", default=60),
         ),
         supports_check_mode=True,
@@ -207,11 +217,12 @@ def main():
         missing = [key for key in REQUIRED_BY_TYPE[probe["type"]] if probe.get(key) in (None, "")]
         if missing:
             module.fail_json(msg="%s probe needs %s" % (probe["type"], ", ".join(missing)))
-    if module.params["consecutive"] < 1:
-        module.fail_json(msg="consecutive must be at least 1")
     try:
         result = wait_for_probes(probes, consecutive=module.params["consecutive"],
-                                 interval=module.params["interval"], timeout=module.params["timeout"])
+                                 interval=module.params["interval"], timeout=module.params["timeout"],
+                                 stable_seconds=module.params["stable_seconds"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
     except GateFailed as exc:
         module.fail_json(msg=exc.reason, changed=False, **exc.result)
     module.exit_json(changed=False, **result)

@@ -29,7 +29,7 @@ description:
     started (an earlier run stopped between writing and reloading), nginx is reloaded and
     drained anyway and the task reports a change.
 author:
-  - keelson.stack contributors
+  - keelson.stack developers (@keelson)
 options:
   upstream:
     description: Name of the upstream. The file is O(upstreams_dir)/NAME.conf.
@@ -70,9 +70,11 @@ options:
     default: /run/nginx.pid
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports whether the file or the running nginx would change and the diff; writes and reloads nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details: The diff is the include file before and after.
 notes:

@@ -217,3 +217,18 @@ def test_docker_probe_health_and_exit(docker_client):
     assert not exited.ok and exited.fatal and "exited (exit code 3)" in exited.reason
     missing = run_probe({"type": "docker", "container": uid + "-missing"})
     assert not missing.ok and not missing.fatal and "not found" in missing.reason
+
+
+def test_gate_waits_for_a_stable_streak():
+    """A probe that passes three times at once must keep passing for stable_seconds: the
+    failure at round 5 (a process dying shortly after start) restarts its streak."""
+    clock = Clock()
+    scripts = {"a": [True, True, True, True, False] + [True] * 20}
+    res = wait_for_probes([{"type": "http", "name": "a"}], consecutive=3, interval=1, timeout=60, stable_seconds=5,
+                          runner=scripted(clock, scripts), clock=clock, sleep=clock.sleep)
+    a = res["probes"][0]
+    assert a["attempts"] == 11 and a["last_failure"] == "not yet"
+    # attempts at t=0.1, 1.2, ...: the streak restarts at attempt 6 (t=5.6) and is 5 s long at attempt 11
+    assert a["passed_seconds"] == pytest.approx(11.1)
+    with pytest.raises(ValueError):
+        wait_for_probes([{"type": "tcp", "name": "a"}], timeout=5, stable_seconds=5)

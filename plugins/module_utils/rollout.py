@@ -1,0 +1,225 @@
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Replacing one replica of a Compose service on the app host, gated and reversible.
+
+Each replica is its own Compose service (``api-1``, ``api-2``, ...) with its own host
+port, so each is one nginx backend. The load balancer steps (drain before, put back
+after) run on the lb host; the playbook delegates ``nginx_upstream`` around each call
+of ``replace_replica``, which does the app host's part:
+
+1. note the running container's image (reference, ID, digest);
+2. stop it gracefully (``docker compose stop -t GRACE``: the service's stop signal,
+   SIGTERM by default, then SIGKILL after the grace period);
+3. pin the target image for the replica in ``compose.rollout.yaml`` and recreate it
+   with ``docker compose up -d --no-deps --force-recreate --pull never``;
+4. gate it with the ``health_gate`` logic (Docker health and the replica's own port);
+5. on a failed gate: stop the new container, pin the old image again, recreate and
+   gate the old one, and report the failure with the gate's reason.
+
+Images are pinned by registry digest (``repo@sha256:...``) when the engine knows one,
+otherwise by image ID, so a moved tag cannot change what a restore brings back.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import time
+
+from ansible_collections.keelson.stack.plugins.module_utils.probes import GateFailed, wait_for_probes
+from ansible_collections.keelson.stack.plugins.module_utils.release import write_json_atomically
+
+PIN_FILE = "compose.rollout.yaml"
+
+
+class RolloutError(Exception):
+    def __init__(self, message, step=None):
+        super(RolloutError, self).__init__(message)
+        self.step = step
+
+
+def pinned_reference(image_attrs, reference):
+    """``repo@sha256:...`` for ``reference``'s repository if the engine has that digest,
+    else any registry digest, else the image ID."""
+    digests = image_attrs.get("RepoDigests") or []
+    repo = reference.split("@")[0]
+    last = repo.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo = repo[:len(repo) - len(last)] + last.split(":")[0]
+    for digest in digests:
+        if digest.split("@")[0] == repo:
+            return digest
+    return digests[0] if digests else image_attrs["Id"]
+
+
+class ComposeProject:
+    """The app host's side: ``docker compose`` for changes (so Compose labels, networks and
+    settings stay Compose's), the Docker SDK for reading state."""
+
+    def __init__(self, project_dir, project, compose_files, run, client):
+        self.dir = project_dir
+        self.project = project
+        self.files = list(compose_files)
+        self.run = run
+        self.client = client
+
+    @property
+    def pin_path(self):
+        return os.path.join(self.dir, PIN_FILE)
+
+    def compose(self, *args):
+        argv = ["docker", "compose", "--project-directory", self.dir, "-p", self.project]
+        for name in self.files + ([PIN_FILE] if os.path.exists(self.pin_path) else []):
+            argv += ["-f", os.path.join(self.dir, name)]
+        rc, out, err = self.run(argv + list(args))
+        if rc != 0:
+            raise RolloutError("%s failed: %s" % (" ".join(["docker compose"] + list(args)), (err or out).strip()[-2000:]))
+        return out
+
+    def container(self, service):
+        found = self.client.containers.list(all=True, filters={"label": [
+            "com.docker.compose.project=%s" % self.project, "com.docker.compose.service=%s" % service]})
+        found.sort(key=lambda c: c.attrs.get("Created", ""), reverse=True)
+        return found[0] if found else None
+
+    def current(self, service):
+        """{container, state, health, image, image_id, pinned} of the replica, or None."""
+        container = self.container(service)
+        if container is None:
+            return None
+        attrs = container.attrs
+        image_id = attrs["Image"]
+        reference = attrs["Config"]["Image"]
+        try:
+            pinned = pinned_reference(self.client.images.get(image_id).attrs, reference)
+        except Exception:  # image removed since: the ID still identifies it in records
+            pinned = image_id
+        state = attrs.get("State", {})
+        return {"container": container.name, "state": state.get("Status"),
+                "health": (state.get("Health") or {}).get("Status"),
+                "image": reference, "image_id": image_id, "pinned": pinned,
+                "digest": pinned.split("@")[1] if "@" in pinned else image_id}
+
+    def resolve(self, reference, pull):
+        """(image_id, pinned) of ``reference``, pulling it if absent and allowed."""
+        from docker.errors import ImageNotFound
+        try:
+            image = self.client.images.get(reference)
+        except ImageNotFound:
+            if not pull:
+                raise RolloutError("image %s is not on this host and pull is off" % reference)
+            image = self.client.images.pull(reference)
+        return image.id, pinned_reference(image.attrs, reference)
+
+    def read_pins(self):
+        try:
+            with open(self.pin_path) as handle:
+                return (json.load(handle).get("services") or {})
+        except (OSError, ValueError):
+            return {}
+
+    def pin(self, service, reference):
+        """The pin file is JSON, which is YAML, so Compose reads it as an override file."""
+        services = self.read_pins()
+        services[service] = {"image": reference}
+        write_json_atomically(self.pin_path, {"services": services})
+
+    def stop(self, service, grace):
+        self.compose("stop", "-t", str(int(grace)), service)
+
+    def up(self, service):
+        self.compose("up", "-d", "--no-deps", "--force-recreate", "--pull", "never", service)
+
+    def logs(self, service, lines=20):
+        try:
+            return self.compose("logs", "--no-color", "--tail", str(lines), service).strip()
+        except RolloutError as exc:
+            return str(exc)
+
+
+def default_probes(container, port, health_path, status, address="127.0.0.1"):
+    return [
+        {"type": "docker", "name": "docker health of %s" % container, "container": container,
+         "require_healthcheck": False, "timeout": 5},
+        {"type": "http", "name": "http %s:%d%s" % (address, port, health_path),
+         "url": "http://%s:%d%s" % (address, port, health_path), "status": status, "timeout": 2},
+    ]
+
+
+def replace_replica(project, service, port, target, gate, grace=30, pull=True, save=None,
+                    clock=time.monotonic, gate_runner=None):
+    """Replaces one replica. ``target`` is the image reference to run, or None to restart
+    on the running image. ``gate``: {consecutive, interval, timeout, health_path, status,
+    extra_probes}. ``save(step)`` persists the step record after every change.
+
+    Returns the step dict (outcome ``replaced`` or ``unchanged``). Raises RolloutError with
+    the step (outcome ``restored`` or ``restore_failed``) when the new one fails its gate.
+    """
+    started = clock()
+    save = save or (lambda step: None)
+    old = project.current(service)
+    if old is None:
+        raise RolloutError("no container for service %s in project %s: deploy the stack first"
+                           % (service, project.project))
+    step = {"name": service, "port": port, "old_image": old["image"], "old_image_id": old["image_id"],
+            "old_pinned": old["pinned"], "old_digest": old["digest"], "outcome": "replacing",
+            "new_image": None, "new_image_id": None, "new_pinned": None, "new_digest": None,
+            "stop_seconds": None, "boot_to_healthy_seconds": None, "gate": None, "restore_gate": None,
+            "seconds": None, "reason": ""}
+    new_id, new_pinned = project.resolve(target, pull) if target else (old["image_id"], old["pinned"])
+    step.update(new_image=target or old["image"], new_image_id=new_id, new_pinned=new_pinned,
+                new_digest=new_pinned.split("@")[1] if "@" in new_pinned else new_id)
+    if target and new_id == old["image_id"] and old["state"] == "running" and old["health"] in (None, "healthy"):
+        step.update(outcome="unchanged", seconds=round(clock() - started, 3))
+        save(step)
+        return step
+    save(step)
+
+    t0 = clock()
+    project.stop(service, grace)
+    step["stop_seconds"] = round(clock() - t0, 3)
+    project.pin(service, new_pinned)
+    t0 = clock()
+    try:
+        project.up(service)
+        step["gate"] = _gate(project, service, port, gate, gate_runner)
+        step["boot_to_healthy_seconds"] = round(clock() - t0, 3)
+        step.update(outcome="replaced", seconds=round(clock() - started, 3))
+        save(step)
+        return step
+    except (GateFailed, RolloutError, ValueError) as exc:
+        failure = exc
+    if isinstance(failure, GateFailed):
+        step["gate"] = failure.result
+    logs = project.logs(service)
+    step["reason"] = "%s: new image %s failed: %s%s" % (
+        service, step["new_image"], failure, ("\nlast log lines:\n" + logs) if logs else "")
+    save(step)
+
+    try:
+        project.stop(service, grace)
+        project.pin(service, old["pinned"])
+        project.up(service)
+        step["restore_gate"] = _gate(project, service, port, gate, gate_runner)
+        step["outcome"] = "restored"
+    except (GateFailed, RolloutError) as exc:
+        step["restore_gate"] = getattr(exc, "result", None)
+        step["outcome"] = "restore_failed"
+        step["reason"] += "\nrestoring %s also failed: %s" % (old["pinned"], exc)
+    step["seconds"] = round(clock() - started, 3)
+    save(step)
+    raise RolloutError(step["reason"], step)
+
+
+def _gate(project, service, port, gate, runner):
+    current = project.current(service)
+    probes = default_probes(current["container"], port, gate.get("health_path", "/health"),
+                            gate.get("status") or [200]) + list(gate.get("extra_probes") or [])
+    kwargs = {}
+    if runner is not None:
+        kwargs["runner"] = runner
+    return wait_for_probes(probes, consecutive=gate.get("consecutive", 3), interval=gate.get("interval", 1),
+                           timeout=gate.get("timeout", 60), stable_seconds=gate.get("stable_seconds", 0), **kwargs)

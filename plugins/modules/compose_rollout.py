@@ -1,0 +1,359 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: compose_rollout
+short_description: Replace one replica of a Compose service behind nginx, gated, with automatic restore
+version_added: "0.1.0"
+description:
+  - Works on one app host, on a Compose project under C(/opt/keelson/stacks/PROJECT) whose service
+    has one Compose service per replica (C(api-1), C(api-2), ...), each publishing its own host port,
+    so that each replica is one nginx backend.
+  - "O(action=deploy) and O(action=restart) act on one replica (O(replica)): note the running image,
+    stop the container gracefully (C(docker compose stop -t) O(stop_grace_period): the service's stop
+    signal, SIGTERM by default, then SIGKILL), pin the image in C(compose.rollout.yaml) next to the
+    compose file, recreate the replica, and gate it: Docker health and C(http://127.0.0.1:PORT)O(health_path)
+    must pass O(gate_consecutive) times in a row, over at least O(gate_stable_seconds), within O(gate_timeout) (the C(health_gate) logic).
+    O(action=restart) recreates on the running image."
+  - On a failed gate the new container is stopped, the previous image (pinned by digest or image ID)
+    is recreated and gated, and the task fails with the gate's reason and the container's last log
+    lines. RV(serving) says whether the replica is healthy again, so the playbook knows it may be put
+    back into nginx.
+  - The module does not talk to nginx. The playbook drains the replica's backend with
+    M(keelson.stack.nginx_upstream) delegated to the lb host before this task and marks it up after it
+    (also after a restore). This keeps each host's work on that host and the lb step visible in the play.
+  - Replicas are replaced stop-first, one at a time, so the service loses one replica of capacity
+    while one is replaced (maxUnavailable 1), and other replicas keep serving.
+  - Each replica step is written to the release record C(releases/RECORD_ID.json) as it happens, so
+    an interrupted run leaves a record saying where it stopped. O(action=finish) closes the record
+    with an outcome and appends one line to C(audit.log).
+  - O(action=status) reports what runs now (image, image ID, digest, health) per replica, for plans.
+author:
+  - keelson.stack developers (@keelson)
+options:
+  project_dir:
+    description: The Compose project directory.
+    type: path
+    required: true
+  project:
+    description: The Compose project name. Defaults to the directory's name.
+    type: str
+  compose_files:
+    description: Compose files in O(project_dir), before C(compose.rollout.yaml) which is added when present.
+    type: list
+    elements: str
+    default: [compose.yaml]
+  action:
+    description: What to do.
+    type: str
+    choices: [status, deploy, restart, finish]
+    default: status
+  replicas:
+    description: Every replica of the service, in replacement order.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      service:
+        description: The replica's Compose service name.
+        type: str
+        required: true
+      port:
+        description: The replica's published host port (its nginx backend port).
+        type: int
+        required: true
+  replica:
+    description: The replica (a O(replicas[].service)) to replace. Required for O(action=deploy) and O(action=restart).
+    type: str
+  image:
+    description: The image reference to deploy (tag or digest). Required for O(action=deploy).
+    type: str
+  pull:
+    description: Pull O(image) if the host does not have it.
+    type: bool
+    default: true
+  stop_grace_period:
+    description: Seconds between the stop signal and SIGKILL.
+    type: int
+    default: 30
+  health_path:
+    description: Path probed on C(http://127.0.0.1:PORT) of the replica.
+    type: str
+    default: /health
+  health_status:
+    description: HTTP statuses that count as healthy.
+    type: list
+    elements: int
+    default: [200]
+  extra_probes:
+    description: More probes in M(keelson.stack.health_gate) format, all run from this host.
+    type: list
+    elements: dict
+    default: []
+  gate_consecutive:
+    description: Passes in a row each probe needs.
+    type: int
+    default: 3
+  gate_interval:
+    description: Seconds between probe rounds.
+    type: float
+    default: 1
+  gate_stable_seconds:
+    description:
+      - Each probe's run of passes must span at least this many seconds, so that a release that starts,
+        answers and exits a few seconds later is caught by the gate rather than after it.
+    type: float
+    default: 10
+  gate_timeout:
+    description: Seconds the new container has to pass the gate.
+    type: float
+    default: 60
+  record_id:
+    description: The release record's ID (file name without C(.json)); one per run and host. Required unless O(action=status).
+    type: str
+  service:
+    description: The service name the replicas belong to, for the record.
+    type: str
+    default: ""
+  who:
+    description: Who runs the rollout, for the record and the audit log.
+    type: str
+    default: ""
+  rollout:
+    description: The kind of run recorded when the record is created (C(deploy), C(restart), C(rollback)). Defaults to O(action).
+    type: str
+  outcome:
+    description: With O(action=finish), the run's outcome.
+    type: str
+    choices: [succeeded, failed, rolled_back]
+  reason:
+    description: With O(action=finish), why it failed or was rolled back.
+    type: str
+    default: ""
+requirements:
+  - Docker Engine with the Compose v2 plugin (C(docker compose)) and the Docker SDK for Python on the app host.
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: O(action=status) runs normally. O(action=deploy) and O(action=restart) report whether the replica would be
+      replaced (C(changed)) without stopping, pulling or writing anything; O(action=finish) reports a change and writes nothing.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+notes:
+  - The playbooks C(keelson.stack) ships (C(deploy.yml), C(rolling_restart.yml), C(rollback.yml)) wrap this module with
+    the deploy lock, the nginx steps, canary batches and the rollback of hosts already updated.
+  - Other runs of C(docker compose up) on the project should include C(compose.rollout.yaml) when it exists, or they
+    reset the replicas to the images in C(compose.yaml).
+"""
+
+EXAMPLES = r"""
+- name: Replace api-1 with the new image (after nginx_upstream drained it on the lb)
+  keelson.stack.compose_rollout:
+    project_dir: /opt/keelson/stacks/shop
+    service: api
+    replicas:
+      - {service: api-1, port: 8001}
+      - {service: api-2, port: 8002}
+    action: deploy
+    replica: api-1
+    image: 172.30.77.42:5000/demo-api:1.1.0
+    stop_grace_period: 30
+    gate_timeout: 60
+    record_id: "{{ keelson_run_id }}-{{ inventory_hostname }}"
+    who: "{{ keelson_run_owner }}"
+
+- name: Close the record
+  keelson.stack.compose_rollout:
+    project_dir: /opt/keelson/stacks/shop
+    replicas: [{service: api-1, port: 8001}, {service: api-2, port: 8002}]
+    action: finish
+    outcome: succeeded
+    record_id: "{{ keelson_run_id }}-{{ inventory_hostname }}"
+"""
+
+RETURN = r"""
+replicas:
+  description: With O(action=status), the running state per replica.
+  returned: when action is status
+  type: list
+  elements: dict
+  sample: [{"service": "api-1", "port": 8001, "container": "shop-api-1-1", "state": "running", "health": "healthy",
+            "image": "172.30.77.42:5000/demo-api:1.0.0", "image_id": "sha256:4f...", "pinned": "172.30.77.42:5000/demo-api@sha256:9c...",
+            "digest": "sha256:9c..."}]
+step:
+  description: With O(action=deploy) or O(action=restart), what happened to the replica.
+  returned: when action is deploy or restart
+  type: dict
+  contains:
+    outcome:
+      description: C(replaced), C(unchanged), C(restored) (new failed, old serving again) or C(restore_failed).
+      type: str
+    old_image:
+      description: Image reference the replica ran before.
+      type: str
+    old_pinned:
+      description: The old image pinned by digest (or image ID).
+      type: str
+    new_image:
+      description: Image reference requested.
+      type: str
+    new_pinned:
+      description: The new image pinned by digest (or image ID).
+      type: str
+    stop_seconds:
+      description: Seconds the graceful stop took.
+      type: float
+    boot_to_healthy_seconds:
+      description: Seconds from recreating the replica to its gate passing.
+      type: float
+    gate:
+      description: The gate result for the new container (per probe attempts and timings, see M(keelson.stack.health_gate)).
+      type: dict
+    restore_gate:
+      description: The gate result for the restored old container.
+      type: dict
+    reason:
+      description: Why the new container failed, with its last log lines.
+      type: str
+serving:
+  description: With O(action=deploy) or O(action=restart), whether the replica ends healthy (new, unchanged or restored) and may be put back into nginx.
+  returned: when action is deploy or restart
+  type: bool
+record:
+  description: Path of the release record.
+  returned: unless action is status
+  type: str
+  sample: /opt/keelson/stacks/shop/releases/20270115T080000Z-app1.json
+"""
+
+import os
+import socket
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.keelson.stack.plugins.module_utils.release import (
+    append_audit, finish_record, load_record, new_record, record_path, save_replica_step, utc_iso)
+from ansible_collections.keelson.stack.plugins.module_utils.rollout import (
+    ComposeProject, RolloutError, replace_replica)
+
+try:
+    import docker
+    HAS_DOCKER = True
+except ImportError:
+    HAS_DOCKER = False
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            project_dir=dict(type="path", required=True),
+            project=dict(type="str"),
+            compose_files=dict(type="list", elements="str", default=["compose.yaml"]),
+            action=dict(type="str", choices=["status", "deploy", "restart", "finish"], default="status"),
+            replicas=dict(type="list", elements="dict", required=True, options=dict(
+                service=dict(type="str", required=True), port=dict(type="int", required=True))),
+            replica=dict(type="str"),
+            image=dict(type="str"),
+            pull=dict(type="bool", default=True),
+            stop_grace_period=dict(type="int", default=30),
+            health_path=dict(type="str", default="/health"),
+            health_status=dict(type="list", elements="int", default=[200]),
+            extra_probes=dict(type="list", elements="dict", default=[]),
+            gate_consecutive=dict(type="int", default=3),
+            gate_interval=dict(type="float", default=1),
+            gate_stable_seconds=dict(type="float", default=10),
+            gate_timeout=dict(type="float", default=60),
+            record_id=dict(type="str"),
+            service=dict(type="str", default=""),
+            who=dict(type="str", default=""),
+            rollout=dict(type="str"),
+            outcome=dict(type="str", choices=["succeeded", "failed", "rolled_back"]),
+            reason=dict(type="str", default=""),
+        ),
+        required_if=[
+            ("action", "deploy", ["replica", "image", "record_id"]),
+            ("action", "restart", ["replica", "record_id"]),
+            ("action", "finish", ["outcome", "record_id"]),
+        ],
+        supports_check_mode=True,
+    )
+    p = module.params
+    project_name = p["project"] or os.path.basename(p["project_dir"].rstrip("/"))
+    releases = os.path.join(p["project_dir"], "releases")
+    record_file = record_path(releases, p["record_id"]) if p["record_id"] else None
+
+    if p["action"] == "finish":
+        record = load_record(releases, p["record_id"])
+        if module.check_mode:  # in check mode no step wrote the record
+            module.exit_json(changed=True, record=record_file)
+        if record is None:
+            module.fail_json(msg="no release record %s" % record_file)
+        finish_record(releases, record, p["outcome"], p["reason"])
+        append_audit(os.path.join(p["project_dir"], "audit.log"), {
+            "at": record["finished_at"], "action": record["action"], "outcome": p["outcome"],
+            "who": record["who"], "project": project_name, "service": record["service"], "host": record["host"],
+            "record": record["id"], "reason": p["reason"],
+            "images": dict((s["name"], s.get("new_pinned") if s.get("outcome") in ("replaced", "unchanged")
+                            else s.get("old_pinned")) for s in record["replicas"])})
+        module.exit_json(changed=True, record=record_file)
+
+    if not HAS_DOCKER:
+        module.fail_json(msg=missing_required_lib("docker"))
+    ports = dict((r["service"], r["port"]) for r in p["replicas"])
+    compose = ComposeProject(p["project_dir"], project_name, p["compose_files"], module.run_command,
+                             docker.from_env())
+
+    if p["action"] == "status":
+        states = []
+        for replica in p["replicas"]:
+            state = compose.current(replica["service"]) or {}
+            state.update(replica)
+            states.append(state)
+        module.exit_json(changed=False, replicas=states)
+
+    if p["replica"] not in ports:
+        module.fail_json(msg="replica %s is not one of %s" % (p["replica"], ", ".join(ports)))
+    target = p["image"] if p["action"] == "deploy" else None
+    if module.check_mode:
+        current = compose.current(p["replica"])
+        changes = True
+        if target and current:
+            try:
+                changes = compose.resolve(target, pull=False)[0] != current["image_id"]
+            except RolloutError:
+                changes = True  # not pulled yet, so certainly a different image
+        module.exit_json(changed=changes, serving=True, record=record_file,
+                         step={"name": p["replica"], "outcome": "would_replace" if changes else "unchanged",
+                               "old_image": current and current["image"], "new_image": target or (current and current["image"])})
+
+    if not os.path.isdir(releases):
+        os.makedirs(releases, 0o755)
+    record = load_record(releases, p["record_id"]) or new_record(
+        p["record_id"], project_name, p["service"], socket.gethostname(), p["rollout"] or p["action"], p["who"])
+
+    def save(step):
+        save_replica_step(releases, record, dict(step, at=utc_iso()))
+
+    gate = {"consecutive": p["gate_consecutive"], "interval": p["gate_interval"], "timeout": p["gate_timeout"],
+            "stable_seconds": p["gate_stable_seconds"],
+            "health_path": p["health_path"], "status": p["health_status"], "extra_probes": p["extra_probes"]}
+    try:
+        step = replace_replica(compose, p["replica"], ports[p["replica"]], target, gate,
+                               grace=p["stop_grace_period"], pull=p["pull"], save=save)
+    except RolloutError as exc:
+        step = exc.step or {}
+        module.fail_json(msg=str(exc), step=step, serving=step.get("outcome") == "restored",
+                         changed=bool(step), record=record_file)
+    module.exit_json(changed=step["outcome"] != "unchanged", step=step, serving=True, record=record_file)
+
+
+if __name__ == "__main__":
+    main()
