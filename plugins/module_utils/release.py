@@ -227,8 +227,8 @@ def rollout_plan(hosts, replicas, current, action, target_image=None, target_dig
 def plan_lines(plan):
     """The plan as text lines for --check output."""
     target = plan["target"] or "the running images"
-    lines = ["%s to %s: %d replica(s) in %d batch(es)" % (plan["action"], target, plan["replicas_to_change"],
-                                                         len(plan["batches"]))]
+    head = "%s to %s: %d replica(s) in %d batch(es)"
+    lines = [head % (plan["action"], target, plan["replicas_to_change"], len(plan["batches"]))]
     for number, batch in enumerate(plan["batches"], 1):
         lines.append("batch %d%s: %s" % (number, " (canary)" if number == 1 else "", ", ".join(batch)))
         for host in batch:
