@@ -1,7 +1,9 @@
 """Backup and restore against the lab: PostgreSQL on db1, Ceph RGW, the real
 playbooks. Fault tests: pg_dump killed halfway, a flipped byte, two backups at
 once, wrong S3 credentials, the database down."""
+import hashlib
 import json
+import os
 import re
 import subprocess
 import threading
@@ -62,7 +64,9 @@ def wait_for(predicate, what, attempts=1200):
 
 
 def table_counts(lab, database):
-    rows = lab.psql(database, "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY 1;")
+    rows = lab.psql(database, "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+                              "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+                              "AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1;")
     counts = {}
     for name in rows:
         counts[name] = int(lab.psql(database, "SELECT count(*) FROM ONLY %s;" % name)[0])
@@ -85,7 +89,6 @@ def test_backup_restore_roundtrip(lab, s3, run_prefix, known_db):
     assert set(manifest["objects"]) == {"dump", "globals"}
     stored = s3.get_object(Bucket=lab.vars["keelson_s3_bucket"], Key=manifest["objects"]["dump"]["key"])["Body"].read()
     assert stored[:5] == b"PGDMP"
-    import hashlib
     assert hashlib.sha256(stored).hexdigest() == manifest["objects"]["dump"]["sha256"]
     assert len(stored) == manifest["objects"]["dump"]["bytes"]
 
@@ -227,7 +230,6 @@ def test_pg_dump_killed_halfway_leaves_nothing_behind(lab, s3, run_prefix, big_d
     finally:
         if proc.poll() is None:
             proc.kill()
-        import os
         os.unlink(vars_file)
     assert proc.returncode != 0
     lines = summaries(output)
@@ -254,7 +256,6 @@ def test_second_concurrent_backup_fails_fast_naming_the_lock(lab, s3, run_prefix
     finally:
         if first.poll() is None:
             first.kill()
-        import os
         os.unlink(vars_file)
     assert second.returncode != 0
     lines = summaries(second.output)
