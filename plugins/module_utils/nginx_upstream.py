@@ -137,7 +137,9 @@ def workers(master, proc="/proc"):
 
 
 def boot_time(proc="/proc"):
-    return int(re.search(r"^btime\s+(\d+)", _read("%s/stat" % proc), re.M).group(1))
+    """Boot time in seconds since the epoch, to about 10 ms (``btime`` in /proc/stat is
+    whole seconds, too coarse to compare with a file written just before a reload)."""
+    return time.time() - float(_read("%s/uptime" % proc).split()[0])
 
 
 def newest_worker_start(worker_map, proc="/proc"):
