@@ -74,6 +74,7 @@ bench-small: lab
 	$(BIN)/pytest -q -s tests/bench --bench-size=small
 
 test: lint unit sanity molecule integration
+	$(PYTHON) lab/lab.py down
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path .cache/dist

@@ -409,7 +409,12 @@ def cmd_down(_args):
     for f in [INVENTORY_DIR / "hosts.yml", INVENTORY_DIR / "group_vars" / "all" / "lab_generated.yml",
               INVENTORY_DIR / ".credentials.json", INVENTORY_DIR / "pebble-listener.pem"]:
         f.unlink(missing_ok=True)
-    log(f"removed {len(names)} containers, {len(vols)} volumes, {len(nets)} networks")
+    left = (lab_containers()
+            + docker("volume", "ls", "-q", "--filter", f"label={LABEL}").stdout.split()
+            + docker("network", "ls", "-q", "--filter", f"label={LABEL}").stdout.split())
+    if left:
+        raise LabError(f"still present after down: {' '.join(left)}")
+    log(f"removed {len(names)} containers, {len(vols)} volumes, {len(nets)} networks; none left")
 
 
 def cmd_status(_args):
