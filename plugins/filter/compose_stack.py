@@ -1,0 +1,106 @@
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters over compose_stack definitions; the logic is in module_utils/compose_stack.py."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: compose_stack_validate
+short_description: Checks a compose_stack definition's cross-field rules
+description:
+  - Fails listing every problem (port collisions between services and replicas, unknown
+    services in depends_on or jobs, undeclared volumes, networks and secrets, tag and digest
+    both or neither set, ...). Returns the stack unchanged when it is valid.
+  - Companion filters in this file are C(compose_stack_compose) (the Compose document),
+    C(compose_stack_backends) (published backends of one host) and C(compose_stack_upstreams)
+    (the nginx role's C(nginx_upstreams) from every app host's backends).
+options:
+  _input:
+    description: The stack, as the compose_stack role assembles it.
+    type: dict
+    required: true
+"""
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.keelson.stack.plugins.module_utils import compose_stack as cs
+
+
+def compose_stack_validate(stack):
+    try:
+        return cs.validate(stack)
+    except cs.StackError as exc:
+        raise AnsibleFilterError(str(exc))
+
+
+def compose_stack_compose(stack, bind_address="", secrets=None):
+    """Validates the stack (and the secrets' names and values, reporting names only),
+    then renders it."""
+    try:
+        cs.validate(stack)
+        cs.env_file(secrets or {})
+    except cs.StackError as exc:
+        raise AnsibleFilterError(str(exc))
+    return cs.compose(stack, bind_address)
+
+
+def compose_stack_backends(stack, host):
+    return cs.backends(stack, host)
+
+
+def compose_stack_upstreams(backends_per_host, services=None, keepalive=32, max_fails=1, fail_timeout=10):
+    return cs.upstreams(backends_per_host, services, keepalive, max_fails, fail_timeout)
+
+
+def compose_stack_image_ref(service):
+    return cs.image_ref(service)
+
+
+def compose_stack_release_images(stack, images, missing_ok=False):
+    try:
+        return cs.release_images(stack, images, missing_ok)
+    except cs.StackError as exc:
+        raise AnsibleFilterError(str(exc))
+
+
+def compose_stack_fingerprint(compose_text, services):
+    return cs.release_fingerprint(compose_text, services)
+
+
+def compose_stack_preflight_services(stack, services, previous):
+    return cs.preflight_services(stack, services, previous)
+
+
+def compose_stack_job_service(job, stack):
+    return cs.job_service(stack, job)
+
+
+def compose_stack_health_report(containers):
+    return cs.health_report(containers)
+
+
+def compose_stack_env_file(secrets):
+    try:
+        return cs.env_file(secrets)
+    except cs.StackError as exc:
+        raise AnsibleFilterError(str(exc))
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            "compose_stack_validate": compose_stack_validate,
+            "compose_stack_compose": compose_stack_compose,
+            "compose_stack_backends": compose_stack_backends,
+            "compose_stack_upstreams": compose_stack_upstreams,
+            "compose_stack_env_file": compose_stack_env_file,
+            "compose_stack_image_ref": compose_stack_image_ref,
+            "compose_stack_release_images": compose_stack_release_images,
+            "compose_stack_fingerprint": compose_stack_fingerprint,
+            "compose_stack_preflight_services": compose_stack_preflight_services,
+            "compose_stack_job_service": compose_stack_job_service,
+            "compose_stack_health_report": compose_stack_health_report,
+        }

@@ -1,0 +1,386 @@
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Stack definitions (the compose_stack role's inventory input) to Compose files.
+
+A stack is a dict: ``project``, ``services`` (list of service dicts as the role's
+argument_specs describe them), ``volumes``, ``networks``, ``jobs`` and ``secret_names``
+(the keys of the secrets dict: values never come here). Argument specs check the
+shape; :func:`validate` checks the rules between fields (port collisions, references);
+:func:`compose` renders the Compose document; :func:`backends` lists what nginx can
+reach.
+
+A service with published ports and ``replicas`` >= 2 becomes one Compose service per
+replica, ``<name>-<n>``, publishing ``port + n - 1``: each replica is one nginx
+upstream server and can be replaced alone. Without published ports, replicas map
+to ``deploy.replicas``.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import re
+
+PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[bkmg]?$", re.IGNORECASE)
+DEPENDS_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
+
+
+class StackError(ValueError):
+    """Every problem found in a stack, one per line."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super(StackError, self).__init__(
+            "invalid stack definition:\n" + "\n".join("  - " + e for e in self.errors))
+
+
+def _ports(service):
+    return service.get("ports") or []
+
+
+def is_split(service):
+    """True when each replica is its own Compose service (published ports, >= 2 replicas)."""
+    return bool(_ports(service)) and int(service.get("replicas") or 1) > 1
+
+
+def replica_names(service):
+    if is_split(service):
+        return ["%s-%d" % (service["name"], n) for n in range(1, int(service["replicas"]) + 1)]
+    return [service["name"]]
+
+
+def published(service):
+    """(compose service name, replica number, port dict with the replica's host port)."""
+    out = []
+    for index, name in enumerate(replica_names(service)):
+        for port in _ports(service):
+            out.append((name, index + 1, dict(port, published=int(port["published"]) + index)))
+    return out
+
+
+def _named_volume(spec):
+    """The named volume a short-syntax mount uses, or None for a bind mount."""
+    source = spec.split(":", 1)[0] if ":" in spec else ""
+    if not source or source.startswith(("/", ".", "~", "$")):
+        return None
+    return source
+
+
+def validate(stack):
+    """Raises StackError listing every cross-field problem; returns the stack otherwise."""
+    errors = []
+    project = stack.get("project") or ""
+    if not PROJECT_RE.match(project):
+        errors.append("project %r: lowercase letters, digits, '-' and '_' only, starting "
+                      "with a letter or digit" % project)
+    services = stack.get("services") or []
+    if not services:
+        errors.append("services: at least one service is required")
+    names = [s.get("name", "") for s in services]
+    by_name = dict((s.get("name"), s) for s in services)
+    secret_names = set(stack.get("secret_names") or [])
+    volumes = set(v for v in (stack.get("volumes") or []))
+    networks = set(n.get("name") for n in (stack.get("networks") or []))
+
+    seen_compose = {}
+    seen_ports = {}
+    for svc in services:
+        name = svc.get("name", "")
+        where = "service %r" % name
+        if not SERVICE_RE.match(name):
+            errors.append("%s: name must be lowercase letters, digits, '.', '-', '_'" % where)
+        if names.count(name) > 1 and name not in seen_compose:
+            errors.append("%s: declared %d times" % (where, names.count(name)))
+        if not svc.get("image"):
+            errors.append("%s: image is required" % where)
+        elif "@" in svc["image"] or re.search(r":[^/]*$", svc["image"]):
+            errors.append("%s: image %r must not carry a tag or digest; use tag: or digest:"
+                          % (where, svc["image"]))
+        if bool(svc.get("tag")) == bool(svc.get("digest")):
+            errors.append("%s: set exactly one of tag and digest" % where)
+        if svc.get("digest") and not DIGEST_RE.match(svc["digest"]):
+            errors.append("%s: digest %r is not sha256:<64 hex digits>" % (where, svc["digest"]))
+        replicas = svc.get("replicas", 1)
+        if replicas is None or int(replicas) < 1:
+            errors.append("%s: replicas must be at least 1" % where)
+            continue
+        if svc.get("cpus") is not None and float(svc["cpus"]) <= 0:
+            errors.append("%s: cpus must be greater than 0" % where)
+        if svc.get("memory") and not MEMORY_RE.match(str(svc["memory"])):
+            errors.append("%s: memory %r is not a size such as 256m or 1g" % (where, svc["memory"]))
+
+        for compose_name in replica_names(svc):
+            if compose_name in seen_compose and seen_compose[compose_name] != name:
+                errors.append("%s: Compose service name %r is already used by service %r"
+                              % (where, compose_name, seen_compose[compose_name]))
+            seen_compose.setdefault(compose_name, name)
+        for compose_name, _n, port in published(svc):
+            if not 1 <= port["published"] <= 65535:
+                errors.append("%s: host port %d of %s is out of range"
+                              % (where, port["published"], compose_name))
+            key = (port.get("host_ip") or "", port["published"], port.get("protocol") or "tcp")
+            # An unset host_ip binds every address: it collides with any address.
+            clashes = [k for k in seen_ports if k[1:] == key[1:] and (not k[0] or not key[0] or k[0] == key[0])]
+            for other in clashes:
+                errors.append("port collision: %s and %s both publish %s port %d"
+                              % (compose_name, seen_ports[other], key[2], key[1]))
+            seen_ports.setdefault(key, compose_name)
+
+        env_names = set((svc.get("environment") or {}).keys())
+        for key in env_names:
+            if not ENV_NAME_RE.match(str(key)):
+                errors.append("%s: environment name %r is not a valid variable name" % (where, key))
+        for secret in svc.get("secrets") or []:
+            if secret not in secret_names:
+                errors.append("%s: secret %r is not defined in compose_stack_secrets" % (where, secret))
+            if secret in env_names:
+                errors.append("%s: %r is both an environment value and a secret" % (where, secret))
+        for dep, condition in (svc.get("depends_on") or {}).items():
+            if dep not in by_name:
+                errors.append("%s: depends_on unknown service %r" % (where, dep))
+            if dep == name:
+                errors.append("%s: depends on itself" % where)
+            if condition not in DEPENDS_CONDITIONS:
+                errors.append("%s: depends_on %r condition %r is not one of %s"
+                              % (where, dep, condition, ", ".join(DEPENDS_CONDITIONS)))
+        for spec in svc.get("volumes") or []:
+            vol = _named_volume(spec)
+            if vol and vol not in volumes:
+                errors.append("%s: volume %r is not declared in compose_stack_volumes" % (where, vol))
+        for net in svc.get("networks") or []:
+            if net not in networks:
+                errors.append("%s: network %r is not declared in compose_stack_networks" % (where, net))
+        health = svc.get("healthcheck") or {}
+        if health and not health.get("disable") and not health.get("test"):
+            errors.append("%s: healthcheck needs test (or disable: true)" % where)
+
+    job_names = [j.get("name") for j in stack.get("jobs") or []]
+    for job in stack.get("jobs") or []:
+        if job_names.count(job.get("name")) > 1:
+            errors.append("job %r: declared more than once" % job.get("name"))
+        if job.get("service") not in by_name:
+            errors.append("job %r: unknown service %r" % (job.get("name"), job.get("service")))
+    if errors:
+        # One message per problem, in a stable order, without duplicates.
+        raise StackError(sorted(set(errors), key=errors.index))
+    return stack
+
+
+def image_ref(service):
+    if service.get("digest"):
+        return "%s@%s" % (service["image"], service["digest"])
+    return "%s:%s" % (service["image"], service["tag"])
+
+
+def _escape(value):
+    """Compose interpolates ``$`` in the file; inventory values are literal."""
+    return str(value).replace("$", "$$")
+
+
+def _healthcheck(health):
+    if health.get("disable"):
+        return {"disable": True}
+    out = {"test": list(health["test"])}
+    for key in ("interval", "timeout", "start_period", "start_interval"):
+        if health.get(key):
+            out[key] = str(health[key])
+    if health.get("retries") is not None:
+        out["retries"] = int(health["retries"])
+    return out
+
+
+def _service_body(svc, stack, replica, compose_names):
+    body = {"image": image_ref(svc)}
+    for key in ("command", "entrypoint"):
+        if svc.get(key):
+            body[key] = list(svc[key])
+    env = dict((k, _escape(v)) for k, v in sorted((svc.get("environment") or {}).items()))
+    for secret in svc.get("secrets") or []:
+        # The value lives only in .env (0600); the file names the variable.
+        env[secret] = "${%s:?%s must be set in .env}" % (secret, secret)
+    if env:
+        body["environment"] = env
+    if svc.get("healthcheck"):
+        body["healthcheck"] = _healthcheck(svc["healthcheck"])
+    limits = {}
+    if svc.get("cpus") is not None:
+        limits["cpus"] = str(svc["cpus"])
+    if svc.get("memory"):
+        limits["memory"] = str(svc["memory"]).lower()
+    if limits:
+        body.setdefault("deploy", {})["resources"] = {"limits": limits}
+    if not is_split(svc) and int(svc.get("replicas") or 1) > 1:
+        body.setdefault("deploy", {})["replicas"] = int(svc["replicas"])
+    if svc.get("depends_on"):
+        deps = {}
+        for dep, condition in sorted(svc["depends_on"].items()):
+            for target in compose_names[dep]:
+                deps[target] = {"condition": condition}
+        body["depends_on"] = deps
+    for key in ("volumes", "networks", "profiles"):
+        if svc.get(key):
+            body[key] = list(svc[key])
+    restart = svc.get("restart")
+    body["restart"] = "no" if restart is False else str(restart or "unless-stopped")
+    for key in ("stop_grace_period", "user"):
+        if svc.get(key):
+            body[key] = str(svc[key])
+    if svc.get("stop_signal"):
+        body["stop_signal"] = svc["stop_signal"]
+    labels = dict(svc.get("labels") or {})
+    labels.update({"keelson.stack.project": stack["project"], "keelson.stack.service": svc["name"]})
+    if is_split(svc):
+        labels["keelson.stack.replica"] = str(replica)
+    body["labels"] = dict(sorted(labels.items()))
+    return body
+
+
+def compose(stack, bind_address=""):
+    """The Compose document (a dict) for a validated stack. ``bind_address`` is the host
+    address ports are published on when a port sets no host_ip ("" = every address)."""
+    compose_names = dict((s["name"], replica_names(s)) for s in stack["services"])
+    services = {}
+    for svc in stack["services"]:
+        for index, name in enumerate(compose_names[svc["name"]]):
+            body = _service_body(svc, stack, index + 1, compose_names)
+            ports = []
+            for _name, _n, port in [p for p in published(svc) if p[0] == name]:
+                host_ip = port.get("host_ip") or bind_address
+                ports.append("%s%d:%d/%s" % (host_ip + ":" if host_ip else "", port["published"],
+                                             int(port["target"]), port.get("protocol") or "tcp"))
+            if ports:
+                body["ports"] = ports
+            services[name] = body
+    doc = {"name": stack["project"], "services": services}
+    if stack.get("volumes"):
+        doc["volumes"] = dict((v, {}) for v in stack["volumes"])
+    if stack.get("networks"):
+        nets = {}
+        for net in stack["networks"]:
+            nets[net["name"]] = dict((k, True) for k in ("internal", "external") if net.get(k))
+        doc["networks"] = nets
+    return doc
+
+
+def backends(stack, host):
+    """{service: [{"host", "port", "replica"}]} for every published TCP port, in replica
+    order: what an nginx upstream per service is made of."""
+    out = {}
+    for svc in stack["services"]:
+        for name, _n, port in published(svc):
+            if (port.get("protocol") or "tcp") != "tcp":
+                continue
+            out.setdefault(svc["name"], []).append(
+                {"host": port.get("host_ip") or host, "port": port["published"], "replica": name})
+    return out
+
+
+def upstreams(backends_per_host, services=None, keepalive=32, max_fails=1, fail_timeout=10):
+    """nginx role's ``nginx_upstreams`` from each app host's backends fact, one upstream per
+    service (in the order the services first appear), servers in host then replica order."""
+    merged = {}
+    for host_backends in backends_per_host:
+        for service, servers in (host_backends or {}).items():
+            if services is None or service in services:
+                merged.setdefault(service, []).extend(
+                    {"host": s["host"], "port": s["port"]} for s in servers)
+    return [{"name": name, "servers": servers, "keepalive": keepalive,
+             "max_fails": max_fails, "fail_timeout": fail_timeout}
+            for name, servers in merged.items()]
+
+
+def env_file(secrets):
+    """.env content: NAME='value' lines (single quotes: Compose reads them literally)."""
+    lines = []
+    bad = []
+    for name in sorted(secrets):
+        value = "" if secrets[name] is None else str(secrets[name])
+        if not ENV_NAME_RE.match(name) or "'" in value or "\n" in value:
+            bad.append(name)
+            continue
+        lines.append("%s='%s'" % (name, value))
+    if bad:
+        # Names only: the values are secret.
+        raise StackError(["secret %r: names must be variable names and values may not contain "
+                          "a single quote or a newline" % n for n in bad])
+    return "".join(line + "\n" for line in lines)
+
+
+def release_images(stack, images, missing_ok=False):
+    """{service: {"image", "id", "digest"}} from ``docker_image_info`` results: what each
+    service runs, pinned by the registry digest when the image came from a registry
+    (a loaded tarball has none: its image ID stands in)."""
+    by_ref = {}
+    for img in images or []:
+        for ref in (img.get("RepoTags") or []) + (img.get("RepoDigests") or []):
+            by_ref[ref] = img
+    out = {}
+    for svc in stack["services"]:
+        ref = image_ref(svc)
+        img = by_ref.get(ref)
+        if img is None and missing_ok:  # check mode: the pull did not happen
+            out[svc["name"]] = {"image": ref, "id": None, "digest": None}
+            continue
+        if img is None:
+            raise StackError(["service %r: image %s is not on the host after pulling" % (svc["name"], ref)])
+        digests = [d for d in img.get("RepoDigests") or [] if d.split("@")[0] == svc["image"]]
+        out[svc["name"]] = {"image": ref, "id": img["Id"],
+                            "digest": digests[0].split("@")[1] if digests else None}
+    return out
+
+
+def release_fingerprint(compose_text, services):
+    """Identifies a release: the Compose file plus the image each service runs."""
+    h = hashlib.sha256(compose_text.encode("utf-8"))
+    for name in sorted(services):
+        h.update(("\n%s=%s" % (name, services[name]["id"])).encode("utf-8"))
+    return h.hexdigest()
+
+
+def preflight_services(stack, services, previous):
+    """Compose service names to try as candidates before a release replaces running
+    containers: the first replica of each published service whose image changed since
+    ``previous`` (the current release record, or None when nothing runs yet)."""
+    if not previous:
+        return []
+    old = previous.get("services") or {}
+    out = []
+    for svc in stack["services"]:
+        if _ports(svc) and (old.get(svc["name"]) or {}).get("id") != services[svc["name"]]["id"]:
+            out.append(replica_names(svc)[0])
+    return out
+
+
+def job_service(stack, job):
+    """The Compose service a job runs in (the first replica of a split service)."""
+    for svc in stack["services"]:
+        if svc["name"] == job["service"]:
+            return replica_names(svc)[0]
+    raise StackError(["job %r: unknown service %r" % (job["name"], job["service"])])
+
+
+def health_report(containers):
+    """A readable failure message from ``docker_container_info`` results: for each
+    container that is not running healthy, its state and its last health-check outputs."""
+    lines = []
+    for info in containers:
+        if not info:
+            continue
+        state = info.get("State") or {}
+        health = state.get("Health") or {}
+        status = health.get("Status") or ("running" if state.get("Running") else "exited")
+        if state.get("Running") and status in ("healthy", "running"):
+            continue
+        name = (info.get("Name") or "").lstrip("/")
+        detail = "exit code %s" % state.get("ExitCode") if not state.get("Running") else status
+        lines.append("%s: %s (%s)" % (name, status, detail))
+        for entry in (health.get("Log") or [])[-3:]:
+            output = " ".join((entry.get("Output") or "").split())
+            lines.append("  health check exit %s: %s" % (entry.get("ExitCode"), output[:300]))
+    return "\n".join(lines) if lines else "no unhealthy or exited container found"

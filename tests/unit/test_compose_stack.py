@@ -1,0 +1,223 @@
+"""module_utils/compose_stack: validation rules, rendering, backends and releases."""
+import copy
+
+import pytest
+import yaml
+
+from ansible_collections.keelson.stack.plugins.module_utils import compose_stack as cs
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def stack(**overrides):
+    base = {
+        "project": "demo",
+        "services": [
+            {"name": "postgres", "image": "reg:5000/demo-postgres", "tag": "17",
+             "secrets": ["POSTGRES_PASSWORD"], "volumes": ["pgdata:/var/lib/postgresql/data"]},
+            {"name": "api", "image": "reg:5000/demo-api", "tag": "1.0.0", "replicas": 2,
+             "ports": [{"published": 8001, "target": 8000}],
+             "environment": {"GREETING": "costs $5"}, "secrets": ["DATABASE_URL"],
+             "depends_on": {"postgres": "service_healthy"},
+             "healthcheck": {"test": ["CMD", "true"], "interval": "2s", "retries": 3},
+             "cpus": 0.5, "memory": "256m"},
+            {"name": "frontend", "image": "reg:5000/frontend", "digest": DIGEST,
+             "ports": [{"published": 3000, "target": 80}]},
+        ],
+        "volumes": ["pgdata"],
+        "networks": [],
+        "jobs": [{"name": "migrate", "service": "api", "command": ["migrate"]}],
+        "secret_names": ["POSTGRES_PASSWORD", "DATABASE_URL"],
+    }
+    base.update(overrides)
+    return base
+
+
+def errors_of(st):
+    with pytest.raises(cs.StackError) as exc:
+        cs.validate(st)
+    return exc.value.errors
+
+
+def with_service(st, name, **changes):
+    st = copy.deepcopy(st)
+    for svc in st["services"]:
+        if svc["name"] == name:
+            svc.update(changes)
+    return st
+
+
+def test_valid_stack_passes_unchanged():
+    st = stack()
+    assert cs.validate(st) is st
+
+
+def test_replicas_with_ports_become_one_service_each_with_consecutive_ports():
+    doc = cs.compose(stack(), "10.0.0.5")
+    assert [n for n in doc["services"] if n.startswith("api")] == ["api-1", "api-2"]
+    assert doc["services"]["api-1"]["ports"] == ["10.0.0.5:8001:8000/tcp"]
+    assert doc["services"]["api-2"]["ports"] == ["10.0.0.5:8002:8000/tcp"]
+    assert doc["services"]["api-2"]["labels"]["keelson.stack.replica"] == "2"
+    assert "replicas" not in doc["services"]["api-1"].get("deploy", {})
+
+
+def test_replicas_without_ports_use_deploy_replicas():
+    st = stack(services=[{"name": "worker", "image": "reg/w", "tag": "1", "replicas": 3}],
+               volumes=[], jobs=[], secret_names=[])
+    doc = cs.compose(st)
+    assert list(doc["services"]) == ["worker"]
+    assert doc["services"]["worker"]["deploy"]["replicas"] == 3
+
+
+def test_render_limits_secrets_dependencies_and_escaping():
+    api = cs.compose(stack(), "")["services"]["api-1"]
+    assert api["deploy"]["resources"]["limits"] == {"cpus": "0.5", "memory": "256m"}
+    assert api["environment"]["GREETING"] == "costs $$5"
+    assert api["environment"]["DATABASE_URL"].startswith("${DATABASE_URL:?")
+    assert api["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert api["ports"] == ["8001:8000/tcp"]
+    assert api["restart"] == "unless-stopped"
+    doc = cs.compose(stack(), "")
+    assert doc["services"]["frontend"]["image"] == "reg:5000/frontend@" + DIGEST
+    assert doc["name"] == "demo" and doc["volumes"] == {"pgdata": {}}
+
+
+def test_depends_on_a_split_service_names_every_replica():
+    st = stack()
+    st["services"].append({"name": "gateway", "image": "reg/gw", "tag": "2",
+                           "depends_on": {"api": "service_healthy"}})
+    deps = cs.compose(st)["services"]["gateway"]["depends_on"]
+    assert sorted(deps) == ["api-1", "api-2"]
+
+
+def test_port_collision_between_replicas_and_services():
+    # api publishes 8001 and 8002; frontend on 8002 collides with replica api-2.
+    st = stack()
+    st["services"][2]["ports"] = [{"published": 8002, "target": 80}]
+    errs = errors_of(st)
+    assert errs == ["port collision: frontend and api-2 both publish tcp port 8002"]
+
+
+def test_port_collision_respects_host_ip_and_protocol():
+    st = stack()
+    st["services"][2]["ports"] = [{"published": 8002, "target": 80, "host_ip": "10.0.0.1"}]
+    assert "port collision" in errors_of(st)[0]  # api binds every address: still a clash
+    st = with_service(stack(), "api", ports=[{"published": 8001, "target": 8000, "host_ip": "10.0.0.2"}])
+    st["services"][2]["ports"] = [{"published": 8002, "target": 80, "host_ip": "10.0.0.1"}]
+    cs.validate(st)  # different addresses
+    st["services"][2]["ports"] = [{"published": 8002, "target": 80, "protocol": "udp"}]
+    cs.validate(st)  # udp and tcp do not clash
+
+
+def test_references_and_formats_are_checked():
+    st = stack()
+    st["services"][1]["depends_on"] = {"cache": "service_healthy", "postgres": "healthy"}
+    st["services"][1]["secrets"] = ["DATABASE_URL", "API_KEY"]
+    st["services"][1]["volumes"] = ["uploads:/srv/uploads", "./conf:/etc/app:ro"]
+    st["services"][1]["networks"] = ["backend"]
+    st["services"][1]["memory"] = "lots"
+    st["services"][0]["image"] = "reg:5000/demo-postgres:17"
+    st["services"][2]["tag"] = "latest"
+    st["jobs"].append({"name": "seed", "service": "nope", "command": ["x"]})
+    errs = errors_of(st)
+    expected = [
+        "service 'postgres': image 'reg:5000/demo-postgres:17' must not carry a tag or digest",
+        "service 'api': memory 'lots' is not a size",
+        "service 'api': secret 'API_KEY' is not defined in compose_stack_secrets",
+        "service 'api': depends_on unknown service 'cache'",
+        "service 'api': depends_on 'postgres' condition 'healthy' is not one of",
+        "service 'api': volume 'uploads' is not declared in compose_stack_volumes",
+        "service 'api': network 'backend' is not declared in compose_stack_networks",
+        "service 'frontend': set exactly one of tag and digest",
+        "job 'seed': unknown service 'nope'",
+    ]
+    for fragment in expected:
+        assert any(e.startswith(fragment) for e in errs), (fragment, errs)
+    assert len(errs) == len(expected), errs
+
+
+def test_names_and_duplicates():
+    st = stack(project="Demo App")
+    st["services"].append(dict(st["services"][0]))
+    st["services"].append({"name": "api-1", "image": "reg/x", "tag": "1"})
+    errs = errors_of(st)
+    assert any(e.startswith("project 'Demo App'") for e in errs)
+    assert "service 'postgres': declared 2 times" in errs
+    assert any("Compose service name 'api-1' is already used by service 'api'" in e for e in errs)
+
+
+def test_bad_digest_and_replicas():
+    errs = errors_of(with_service(stack(), "frontend", digest="sha256:abc"))
+    assert errs == ["service 'frontend': digest 'sha256:abc' is not sha256:<64 hex digits>"]
+    errs = errors_of(with_service(stack(), "api", replicas=0))
+    assert errs == ["service 'api': replicas must be at least 1"]
+
+
+def test_backends_and_upstreams():
+    b1 = cs.backends(stack(), "10.0.0.21")
+    b2 = cs.backends(stack(), "10.0.0.22")
+    assert b1["api"] == [{"host": "10.0.0.21", "port": 8001, "replica": "api-1"},
+                         {"host": "10.0.0.21", "port": 8002, "replica": "api-2"}]
+    ups = cs.upstreams([b1, b2], services=["api"], keepalive=16, max_fails=2, fail_timeout=5)
+    assert ups == [{"name": "api", "keepalive": 16, "max_fails": 2, "fail_timeout": 5, "servers": [
+        {"host": "10.0.0.21", "port": 8001}, {"host": "10.0.0.21", "port": 8002},
+        {"host": "10.0.0.22", "port": 8001}, {"host": "10.0.0.22", "port": 8002}]}]
+    assert [u["name"] for u in cs.upstreams([b1])] == ["api", "frontend"]
+
+
+def test_env_file_quotes_and_refuses_unsafe_values_by_name_only():
+    assert cs.env_file({"B": "x$y z", "A": "1"}) == "A='1'\nB='x$y z'\n"
+    with pytest.raises(cs.StackError) as exc:
+        cs.env_file({"GOOD": "ok", "BAD": "it's-secret"})
+    assert "'BAD'" in str(exc.value) and "it's-secret" not in str(exc.value)
+
+
+IMAGES = [
+    {"Id": "sha256:pg", "RepoTags": ["reg:5000/demo-postgres:17"],
+     "RepoDigests": ["reg:5000/demo-postgres@sha256:" + "11" * 32]},
+    {"Id": "sha256:api1", "RepoTags": ["reg:5000/demo-api:1.0.0"],
+     "RepoDigests": ["reg:5000/demo-api@sha256:" + "22" * 32]},
+    {"Id": "sha256:fe", "RepoTags": [], "RepoDigests": ["reg:5000/frontend@" + DIGEST]},
+]
+
+
+def test_release_images_fingerprint_and_preflight():
+    st = stack()
+    services = cs.release_images(st, IMAGES)
+    assert services["api"] == {"image": "reg:5000/demo-api:1.0.0", "id": "sha256:api1",
+                               "digest": "sha256:" + "22" * 32}
+    assert services["frontend"]["digest"] == DIGEST
+    text = yaml.safe_dump(cs.compose(st))
+    fp = cs.release_fingerprint(text, services)
+    assert fp == cs.release_fingerprint(text, copy.deepcopy(services))
+    assert cs.preflight_services(st, services, None) == []  # nothing runs yet
+
+    new_images = copy.deepcopy(IMAGES)
+    new_images[1]["Id"] = "sha256:api2"
+    new_services = cs.release_images(st, new_images)
+    assert cs.release_fingerprint(text, new_services) != fp
+    previous = {"id": "r1", "services": services}
+    assert cs.preflight_services(st, new_services, previous) == ["api-1"]
+    assert cs.preflight_services(st, services, previous) == []
+
+
+def test_release_images_missing_image():
+    with pytest.raises(cs.StackError):
+        cs.release_images(stack(), IMAGES[:1])
+    assert cs.release_images(stack(), [], missing_ok=True)["api"]["id"] is None
+
+
+def test_job_service_and_health_report():
+    assert cs.job_service(stack(), {"name": "migrate", "service": "api"}) == "api-1"
+    report = cs.health_report([
+        {"Name": "/demo-api-1-1", "State": {"Running": True, "ExitCode": 0, "Health": {
+            "Status": "unhealthy",
+            "Log": [{"ExitCode": 1, "Output": "healthcheck /health: HTTP Error 500\n"}]}}},
+        {"Name": "/demo-api-2-1", "State": {"Running": True, "Health": {"Status": "healthy", "Log": []}}},
+        {"Name": "/demo-worker-1", "State": {"Running": False, "ExitCode": 3}},
+    ])
+    assert report.splitlines() == [
+        "demo-api-1-1: unhealthy (unhealthy)",
+        "  health check exit 1: healthcheck /health: HTTP Error 500",
+        "demo-worker-1: exited (exit code 3)",
+    ]
