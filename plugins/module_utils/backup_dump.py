@@ -74,9 +74,11 @@ def _upload(s3, bucket, key, conn, argv, recipients, workers, tee_argv=None):
     except Exception as exc:
         if tee is not None:
             tee.result()
+        upload = getattr(exc, "aborted_upload_id", None)
+        what = "upload of %s%s" % (key, " (multipart upload %s aborted)" % upload if upload else "")
         if hasattr(exc, "response"):
-            raise BackupError(backup_s3.describe_error(exc, "upload of %s" % key))
-        raise BackupError("upload of %s aborted: %s" % (key, exc))
+            raise BackupError(backup_s3.describe_error(exc, what))
+        raise BackupError("%s: %s" % (what, exc))
     info = {"key": key, "bytes": stream.bytes, "plain_bytes": stream.plain_bytes,
             "sha256": stream.sha256.hexdigest(), "parts": parts}
     return info, tee

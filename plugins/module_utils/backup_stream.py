@@ -223,11 +223,15 @@ def upload_stream(client, bucket, key, stream, workers=4, content_type="applicat
         ordered = [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]
         client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
                                          MultipartUpload={"Parts": ordered})
-    except BaseException:
+    except BaseException as exc:
         stream.kill()
         try:
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        except Exception:  # the original error matters more; a leftover upload is listed by list_open_uploads
+        except Exception:  # the original error matters more; a leftover upload is reported by its id
+            pass
+        try:
+            exc.aborted_upload_id = upload_id  # lets callers name the upload they aborted
+        except AttributeError:
             pass
         raise
     return len(parts)

@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from conftest import KNOWN_TABLES
+from test_backup_stream_s3 import assert_upload_gone
 
 SUMMARY = re.compile(r"keelson-(backup|restore|verify) \S+/(\S+) (OK|FAILED): (.*)")
 
@@ -47,10 +48,6 @@ def keys_under(lab, s3, prefix):
         for obj in page.get("Contents", []):
             keys[obj["Key"]] = obj["ETag"]
     return keys
-
-
-def open_uploads(lab, s3, prefix):
-    return s3.list_multipart_uploads(Bucket=lab.vars["keelson_s3_bucket"], Prefix=prefix).get("Uploads", [])
 
 
 def wait_for(predicate, what, attempts=1200):
@@ -216,15 +213,9 @@ def test_pg_dump_killed_halfway_leaves_nothing_behind(lab, s3, run_prefix, big_d
 
     proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"), background=True)
     try:
-        bucket = lab.vars["keelson_s3_bucket"]
-
-        def upload_with_parts():
-            for upload in open_uploads(lab, s3, base):
-                if s3.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]).get("Parts"):
-                    return upload
-            return None
-
-        upload = wait_for(upload_with_parts, "a multipart upload with parts")
+        # Halfway: pg_dump is copying the big table, after the schema and the small tables went out.
+        copying = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.pgbench_accounts %'"
+        wait_for(lambda: lab.psql("postgres", copying + ";") == ["1"], "pg_dump copying pgbench_accounts")
         lab.sh("pkill -KILL -x pg_dump")
         output = proc.communicate(timeout=600)[0]
     finally:
@@ -235,9 +226,13 @@ def test_pg_dump_killed_halfway_leaves_nothing_behind(lab, s3, run_prefix, big_d
     lines = summaries(output)
     assert len(lines) == 1 and lines[0][2] == "FAILED", output
     assert "pg_dump killed by signal 9" in lines[0][3]
-    new_dir = upload["Key"].rsplit("/", 1)[0] + "/"
+    match = re.search(r"upload of (\S+) \(multipart upload (\S+) aborted\)", lines[0][3])
+    assert match, lines[0][3]
+    key, upload_id = match.groups()
+    assert key.startswith(base) and key.endswith("/dump.pgc")
+    new_dir = key.rsplit("/", 1)[0] + "/"
     assert not [k for k in keys_under(lab, s3, base) if k.startswith(new_dir)], "objects left under " + new_dir
-    assert open_uploads(lab, s3, base) == []
+    assert_upload_gone(s3, lab.vars["keelson_s3_bucket"], key, upload_id)
     assert keys_under(lab, s3, base) == previous  # the previous backup, manifest included, untouched
     metrics = lab.sh("cat /var/lib/prometheus/node-exporter/keelson_backup_%s.prom" % big_db).stdout
     assert 'keelson_backup_last_run_success{database="%s"} 0.0' % big_db in metrics
