@@ -57,7 +57,7 @@ def test_password_encryption_is_scram(host):
 
 
 def test_passwords_are_stored_as_scram(host):
-    stored = sql(host, "SELECT rolname || ' ' || left(rolpassword, 14) FROM pg_authid "
+    stored = sql(host, "SELECT rolname || ' ' || left(rolpassword, 13) FROM pg_authid "
                        "WHERE rolname IN ('app', 'reporting') ORDER BY 1")
     assert stored.splitlines() == ["app SCRAM-SHA-256", "reporting SCRAM-SHA-256"]
 
