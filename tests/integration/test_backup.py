@@ -238,25 +238,36 @@ def test_pg_dump_killed_halfway_leaves_nothing_behind(lab, s3, run_prefix, big_d
     assert 'keelson_backup_last_run_success{database="%s"} 0.0' % big_db in metrics
 
 
-def test_second_concurrent_backup_fails_fast_naming_the_lock(lab, s3, run_prefix, big_db):
+def test_second_concurrent_backup_fails_fast_naming_the_lock(lab, s3, run_prefix, known_db):
     prefix = run_prefix + "/lock"
-    first, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"), background=True)
+    # Hold a table lock so the first backup's pg_dump waits (deterministically) while it holds the backup lock.
+    blocker = subprocess.Popen(["docker", "exec", "-i", "-u", "postgres", lab.db_container, "psql", "-X", "-q", "-A", "-t",
+                                "-d", known_db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    blocker.stdin.write("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
+    blocker.stdin.flush()
+    assert blocker.stdout.readline().strip() == "locked"
+    first, vars_file = lab.playbook("backup.yml", bvars(prefix, [known_db]), background=True)
     try:
-        wait_for(lambda: lab.sh("pgrep -x pg_dump", check=False).returncode == 0, "the first pg_dump")
-        second = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"))
-        # The second run came back while the first one's pg_dump is still going.
-        assert lab.sh("pgrep -x pg_dump", check=False).returncode == 0, "the first backup ended before the second"
-        assert first.poll() is None
+        waiting = ("SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = '%s' AND wait_event_type = 'Lock' "
+                   "AND query LIKE 'LOCK TABLE%%';" % known_db)
+        wait_for(lambda: lab.psql("postgres", waiting) == ["t"], "the first backup's pg_dump waiting for its table lock")
+        second = lab.playbook("backup.yml", bvars(prefix, [known_db]))
+        assert first.poll() is None, "the first backup ended while its pg_dump was blocked"
+        blocker.stdin.write("COMMIT;\n")
+        blocker.stdin.close()
         first_output = first.communicate(timeout=900)[0]
     finally:
         if first.poll() is None:
             first.kill()
+        if blocker.poll() is None:
+            blocker.kill()
         os.unlink(vars_file)
     assert second.returncode != 0
     lines = summaries(second.output)
     assert len(lines) == 1 and lines[0][2] == "FAILED"
-    assert re.search(r"backup of %s is locked by another run \(pid \d+ on \S+ since " % big_db, lines[0][3]), lines
+    assert re.search(r"backup of %s is locked by another run \(pid \d+ on \S+ since " % known_db, lines[0][3]), lines
     assert first.returncode == 0, first_output
+    assert len(committed(lab, s3, prefix, known_db)) == 1
 
 
 def test_wrong_s3_credentials_fail_with_one_line(lab, run_prefix, known_db):
