@@ -1,0 +1,37 @@
+"""keelson.stack.nginx rejects bad input at argument validation, before any task runs."""
+from argspec import assert_rejected
+
+# keelson_environment comes from group_vars/all in a real inventory.
+ENV = {"keelson_environment": "unit"}
+UPSTREAMS = [{"name": "app", "servers": [{"host": "10.0.0.21", "port": 8001}]}]
+
+
+def test_unknown_tls_profile_is_rejected():
+    assert_rejected("nginx", {**ENV, "nginx_tls_profile": "old"},
+                    "nginx_tls_profile must be one of: intermediate, modern, got: old")
+
+
+def test_unknown_certificate_source_is_rejected():
+    sites = [{"name": "web", "server_names": ["web.example.test"], "certificate": "selfsigned",
+              "upstream": "app"}]
+    assert_rejected("nginx", {**ENV, "nginx_upstreams": UPSTREAMS, "nginx_sites": sites},
+                    "value of certificate must be one of: internal, provided, acme, got: selfsigned")
+
+
+def test_backend_port_must_be_an_integer():
+    upstreams = [{"name": "app", "servers": [{"host": "10.0.0.21", "port": "http"}]}]
+    assert_rejected("nginx", {**ENV, "nginx_upstreams": upstreams},
+                    "argument 'port' is of type str found in 'nginx_upstreams -> servers'", "unable to convert to int")
+
+
+def test_site_without_server_names_is_rejected():
+    sites = [{"name": "web", "upstream": "app"}]
+    assert_rejected("nginx", {**ENV, "nginx_upstreams": UPSTREAMS, "nginx_sites": sites},
+                    "missing required arguments: server_names found in nginx_sites")
+
+
+def test_rate_limit_burst_must_be_an_integer():
+    sites = [{"name": "web", "server_names": ["web.example.test"], "upstream": "app",
+              "locations": [{"path": "/api/", "limit_req": {"zone": "api", "burst": "lots"}}]}]
+    assert_rejected("nginx", {**ENV, "nginx_upstreams": UPSTREAMS, "nginx_sites": sites},
+                    "burst", "unable to convert to int")
