@@ -136,8 +136,8 @@ def run_backup(params, check_mode=False):
 
             objects = {"dump": dump}
             if params.get("globals", True):
-                objects["globals"], _ = _upload(s3, bucket, globals_key, conn, ["pg_dumpall", "--globals-only"],
-                                                recipients, 1)
+                objects["globals"] = _upload(s3, bucket, globals_key, conn, ["pg_dumpall", "--globals-only"],
+                                             recipients, 1)[0]
                 uploaded.append(globals_key)
 
             finished = utc_now()
@@ -211,7 +211,7 @@ def record_metrics(metrics_dir, database, ok, result=None, now=None):
 
 def _age_version():
     try:
-        return subprocess.run(["age", "--version"], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["age", "--version"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         return None
 

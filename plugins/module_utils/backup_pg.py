@@ -105,7 +105,7 @@ class Connection(object):
 
     def run(self, argv, input_text=None, check=True):
         """Runs a client tool, returns stdout; raises PgError with stderr on failure."""
-        res = subprocess.run(argv, input=input_text, capture_output=True, text=True, **self.popen_kwargs())
+        res = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False, **self.popen_kwargs())
         if check and res.returncode != 0:
             raise PgError("%s failed: %s" % (os.path.basename(argv[0]), one_line(res.stderr) or "exit %d" % res.returncode))
         return res.stdout
@@ -150,8 +150,8 @@ class PsqlSession(object):
             if line is None:
                 self.proc.wait()
                 self.stderr.seek(0)
-                raise PgError("psql failed: %s" % (one_line(self.stderr.read().decode("utf-8", "replace"))
-                                                    or "exit %s" % self.proc.returncode))
+                detail = one_line(self.stderr.read().decode("utf-8", "replace"))
+                raise PgError("psql failed: %s" % (detail or "exit %s" % self.proc.returncode))
             if line == END_MARKER:
                 return rows
             if line:
@@ -213,7 +213,7 @@ def choose_compression(conn, database, method, level=None):
         if major >= 16:
             probe = subprocess.run(["pg_dump", "-Fc", "--compress=zstd:1", "--schema-only", "--no-sync",
                                     "--exclude-schema=*", "-f", os.devnull,
-                                    "-d", database], capture_output=True, **conn.popen_kwargs())
+                                    "-d", database], capture_output=True, check=False, **conn.popen_kwargs())
             if probe.returncode == 0:
                 method = "zstd"
     if major < 16:

@@ -114,9 +114,9 @@ def download_verified(s3, bucket, obj, dest, identity_file=None):
                 age.wait()
     actual = digest.hexdigest()
     if size != obj["bytes"] or actual != obj["sha256"]:
-        raise ChecksumError("checksum mismatch for s3://%s/%s: manifest says %d bytes sha256 %s, downloaded %d bytes "
-                            "sha256 %s; no database was touched" % (bucket, obj["key"], obj["bytes"], obj["sha256"],
-                                                                     size, actual))
+        raise ChecksumError(
+            "checksum mismatch for s3://%s/%s: manifest says %d bytes sha256 %s, downloaded %d bytes sha256 %s; "
+            "no database was touched" % (bucket, obj["key"], obj["bytes"], obj["sha256"], size, actual))
     if age and age.returncode != 0:
         age_err.seek(0)
         raise RestoreError("age -d failed for %s: %s" % (obj["key"], one_line(age_err.read().decode("utf-8", "replace"))))
@@ -209,7 +209,7 @@ def _restore_in(work, s3, bucket, manifest, conn, target, exists, encrypted, par
     warnings = []
     if globals_file:
         out = subprocess.run(["psql", "-X", "-q", "-d", "postgres", "-f", globals_file], capture_output=True,
-                             text=True, **conn.popen_kwargs())
+                             text=True, check=False, **conn.popen_kwargs())
         warnings += ["globals: " + line for line in out.stderr.splitlines() if "ERROR" in line]
     created = False
     if not exists:

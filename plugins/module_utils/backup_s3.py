@@ -50,8 +50,8 @@ def describe_error(exc, action):
 
 def id_time(backup_id):
     """'20261122T212707Z' -> '2026-11-22T21:27:07Z' (ids are UTC start times)."""
-    return "%s-%s-%sT%s:%s:%sZ" % (backup_id[0:4], backup_id[4:6], backup_id[6:8],
-                                    backup_id[9:11], backup_id[11:13], backup_id[13:15])
+    b = backup_id
+    return "%s-%s-%sT%s:%s:%sZ" % (b[0:4], b[4:6], b[6:8], b[9:11], b[11:13], b[13:15])
 
 
 def normalize_prefix(prefix):

@@ -19,14 +19,17 @@ description:
   - Deletes only the objects a manifest lists, manifest first, and only keys inside that backup's own
     directory.
   - The selection is the pure function behind the C(keelson.stack.gfs_retention) filter.
-author: keelson.stack developers
+author:
+  - keelson.stack developers (@keelson)
 requirements:
   - boto3 1.26 or later
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reports what would be kept and deleted; deletes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   database:

@@ -14,7 +14,7 @@ description:
   - Runs C(pg_dump -Fc) in an exported snapshot, optionally through C(age) encryption, straight into an
     S3 multipart upload. Nothing is written to local disk. Part sizes start at 8 MiB and double every 1000
     parts, so memory stays flat and very large dumps stay under the 10,000-part limit.
-  - If C(pg_dump), C(pg_dumpall) or C(age) exits non-zero at any point, the multipart upload is aborted:
+  - If C(pg_dump), C(pg_dumpall) or C(age) exits non-zero at any point, the multipart upload is aborted;
     no object appears under the final key and no upload stays open.
   - Also stores C(pg_dumpall --globals-only) (encrypted the same way).
   - Uploads last a JSON manifest (database, server and tool versions, start and end time, byte counts,
@@ -27,16 +27,19 @@ description:
     second run fails at once naming the holder.
   - Passwords reach C(pg_dump) through a private C(PGPASSFILE) (mode 0600, removed afterwards), S3
     credentials stay inside the module process; neither is on a command line.
-author: keelson.stack developers
+author:
+  - keelson.stack developers (@keelson)
 requirements:
   - python3-boto3 (boto3 1.26 or later) on the database host
   - PostgreSQL client tools matching the server (pg_dump, pg_dumpall, pg_restore, psql)
   - age, when O(age_recipients) is set
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Connects to S3 and PostgreSQL, picks the compression and reports the keys it would write; uploads nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   database:

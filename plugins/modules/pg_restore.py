@@ -22,16 +22,19 @@ description:
     O(confirm_overwrite) set to the target's name.
   - Optionally restores the globals (roles, tablespaces) first; errors such as existing roles are reported
     as warnings.
-author: keelson.stack developers
+author:
+  - keelson.stack developers (@keelson)
 requirements:
   - python3-boto3 (boto3 1.26 or later) on the database host
   - PostgreSQL client tools matching the server
   - age, for encrypted backups
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Resolves the backup and target and reports what would be restored; downloads and restores nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   database:

@@ -11,7 +11,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = {
     # pgbench scale (about 15 MB of table data per unit), uploader RSS stream sizes
-    "small": {"scale": 2, "streams": [64 * 1024 ** 2, 256 * 1024 ** 2]},
+    "small": {"scale": 1, "streams": [32 * 1024 ** 2, 128 * 1024 ** 2]},
     "full": {"scale": 150, "streams": [1024 ** 3, 4 * 1024 ** 3]},
 }
 
