@@ -117,6 +117,7 @@ def run_backup(params, check_mode=False):
             plan = {"changed": True, "backup_id": backup_id, "key": dump_key, "manifest_key": manifest_key,
                     "compression": method, "encrypted": bool(recipients)}
             if check_mode:
+                session.close()
                 plan["msg"] = "would back up %s to s3://%s/%s" % (database, bucket, dump_key)
                 return plan
 
