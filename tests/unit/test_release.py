@@ -1,5 +1,9 @@
 """Release records and audit lines in a real directory; the plan against Ansible's own batching."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +134,32 @@ def test_plan_without_digest_compares_references_and_restart_touches_all():
     assert restart["hosts"]["app1"]["replicas"][0]["to"] == "demo-api:1.1.0"
     with pytest.raises(ValueError):
         rollout_plan(["app1"], replicas, current, "deploy")
+
+
+def test_plan_through_ansible(tmp_path):
+    """The filter as a playbook calls it, with compose_rollout status output as input."""
+    root = Path(__file__).resolve().parents[2]
+    play = tmp_path / "plan.yml"
+    play.write_text("""
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "%s"
+    current:
+      app1: {api-1: {image: "demo-api:1.0.0", digest: "sha256:aa"}, api-2: {image: "demo-api:1.0.0", digest: "sha256:aa"}}
+      app2: {api-1: {image: "demo-api:1.0.0", digest: "sha256:aa"}, api-2: {image: "demo-api:1.0.0", digest: "sha256:aa"}}
+    replicas: [{service: api-1, port: 8001}, {service: api-2, port: 8002}]
+  tasks:
+    - ansible.builtin.copy:
+        content: "{{ current | keelson.stack.rollout_plan(['app1', 'app2'], replicas, 'deploy', image='demo-api:1.1.0') | to_json }}"
+        dest: "%s"
+        mode: "0600"
+""" % (sys.executable, tmp_path / "plan.json"))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(root / "collections"),
+               ANSIBLE_NOCOLOR="1")
+    out = subprocess.run(["ansible-playbook", "-i", "localhost,", str(play)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["batches"] == [["app1"], ["app2"]] and plan["replicas_to_change"] == 4
+    assert plan["lines"][1:3] == ["batch 1 (canary): app1", "  app1 api-1:8001 sha256:aa -> demo-api:1.1.0"]

@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+# Copyright: keelson.stack developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: rollout_plan
+short_description: The plan of a rolling deploy or restart, for --check
+version_added: 0.1.0
+description:
+  - Batches of app hosts exactly as the play's C(serial) splits them (the first batch is the canary),
+    per host the replicas in replacement order with the image digest (or reference) they run and the
+    one they would run, and whether each changes.
+  - Pure function, no I/O. The input comes from M(keelson.stack.compose_rollout) with C(action=status) on each host.
+options:
+  _input:
+    description: "Per host, the replicas' current state: C({host: {replica: {image, digest}}})."
+    type: dict
+    required: true
+  hosts:
+    description: The app hosts in play order.
+    type: list
+    elements: str
+    required: true
+  replicas:
+    description: The replicas, C([{service, port}]), in replacement order.
+    type: list
+    elements: dict
+    required: true
+  action:
+    description: C(deploy) or C(restart).
+    type: str
+    required: true
+  image:
+    description: The image reference to deploy.
+    type: str
+  digest:
+    description: The image's registry digest, if known; compared instead of references.
+    type: str
+  serial:
+    description: The play's C(serial) (list of sizes or percentages).
+    type: list
+    elements: raw
+    default: [1, "50%"]
+"""
+
+EXAMPLES = r"""
+- name: Print the plan
+  ansible.builtin.debug:
+    msg: "{{ (current | keelson.stack.rollout_plan(groups['app'], replicas, 'deploy', image=new_image)).lines }}"
+"""
+
+RETURN = r"""
+_value:
+  description:
+    - C(batches), C(canary), C(hosts) (per host C(replicas) with C(name), C(port), C(from), C(to), C(changes)),
+      C(replicas_to_change), C(unchanged_hosts), and C(lines), the plan as text.
+  type: dict
+"""
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.keelson.stack.plugins.module_utils.release import plan_lines, rollout_plan as _plan
+
+
+def rollout_plan(current, hosts, replicas, action, image=None, digest=None, serial=(1, "50%")):
+    try:
+        replicas = [{"name": r.get("name") or r["service"], "port": r["port"]} for r in replicas]
+        plan = _plan(hosts, replicas, current or {}, action, image, digest, serial)
+    except (KeyError, ValueError) as exc:
+        raise AnsibleFilterError("rollout_plan: %s" % exc)
+    plan["lines"] = plan_lines(plan)
+    return plan
+
+
+class FilterModule(object):
+    def filters(self):
+        return {"rollout_plan": rollout_plan}
