@@ -158,7 +158,8 @@ def test_plan_through_ansible(tmp_path):
 """ % (sys.executable, tmp_path / "plan.json"))
     env = dict(os.environ, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(root / "collections"),
                ANSIBLE_NOCOLOR="1")
-    out = subprocess.run(["ansible-playbook", "-i", "localhost,", str(play)], env=env, capture_output=True, text=True)
+    playbook = Path(sys.executable).parent / "ansible-playbook"  # the venv's, whatever PATH says
+    out = subprocess.run([str(playbook), "-i", "localhost,", str(play)], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["batches"] == [["app1"], ["app2"]] and plan["replicas_to_change"] == 4
