@@ -319,16 +319,30 @@ def wait_systemd(name, timeout=90):
         raise LabError(f"{name} booted {state}; failed units:\n{failed}")
 
 
+LAB_SECRETS = {
+    # name in lab_generated.yml -> generator
+    "s3_access_key": lambda: "LAB" + secrets.token_hex(8).upper(),
+    "s3_secret_key": lambda: secrets.token_urlsafe(30),
+    "demo_db_password": lambda: secrets.token_urlsafe(24),
+    "demo_redis_password": lambda: secrets.token_urlsafe(24),
+    "demo_amqp_password": lambda: secrets.token_urlsafe(24),
+    "redis_admin_password": lambda: secrets.token_urlsafe(24),
+    "erlang_cookie": lambda: secrets.token_hex(20).upper(),
+    "basic_auth_password": lambda: secrets.token_urlsafe(18),
+}
+
+
 def load_credentials():
+    """Lab secrets, generated once per lab and kept (0600) until `lab.py down`."""
     path = INVENTORY_DIR / ".credentials.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    creds = {"s3_access_key": "LAB" + secrets.token_hex(8).upper(),
-             "s3_secret_key": secrets.token_urlsafe(30)}
-    INVENTORY_DIR.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(creds, f)
+    creds = json.loads(path.read_text()) if path.exists() else {}
+    missing = {k: gen() for k, gen in LAB_SECRETS.items() if k not in creds}
+    if missing:
+        creds.update(missing)
+        INVENTORY_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(creds, f)
     return creds
 
 
@@ -357,8 +371,7 @@ def write_inventory(release, creds):
         f"keelson_lab_controller_address: {GATEWAY}",
         f"keelson_s3_endpoint_url: http://{address(SERVICES['s3']['ip'])}:{S3_PORT}",
         f"keelson_s3_bucket: {S3_BUCKET}",
-        f"keelson_s3_access_key: {creds['s3_access_key']}",
-        f"keelson_s3_secret_key: {creds['s3_secret_key']}",
+        *[f"keelson_{k}: {v}" for k, v in sorted(creds.items())],
         f"keelson_registry: {address(SERVICES['registry']['ip'])}:{REGISTRY_PORT}",
         f"keelson_acme_directory_url: https://{address(SERVICES['pebble']['ip'])}:{PEBBLE_PORT}/dir",
         f"keelson_acme_directory_cafile: {INVENTORY_DIR / 'pebble-listener.pem'}",
