@@ -216,7 +216,11 @@ def test_pg_dump_killed_halfway_leaves_nothing_behind(lab, s3, run_prefix, big_d
         # Halfway: pg_dump is copying the big table, after the schema and the small tables went out.
         copying = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.pgbench_accounts %'"
         wait_for(lambda: lab.psql("postgres", copying + ";") == ["1"], "pg_dump copying pgbench_accounts")
-        lab.sh("pkill -KILL -x pg_dump")
+        # Kill exactly our pg_dump, by pid: the one dumping this database in an exported snapshot.
+        pids = lab.sh("for p in $(pgrep -x pg_dump); do tr '\\0' ' ' < /proc/$p/cmdline | "
+                      "grep -q -- '--snapshot=.* -d %s' && echo $p; done; true" % big_db).stdout.split()
+        assert len(pids) == 1, pids
+        lab.sh("kill -KILL %s" % pids[0])
         output = proc.communicate(timeout=600)[0]
     finally:
         if proc.poll() is None:
