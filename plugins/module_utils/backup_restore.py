@@ -161,7 +161,7 @@ def run_restore(params, check_mode=False):
                 database, backup_id, target, " (in place)" if exists else " (new database)")
             return result
 
-        with DatabaseLock(params["lock_dir"], "restore-" + target, "restore"):
+        with DatabaseLock(params["lock_dir"], "restore-" + database, "restore"):
             work = tempfile.mkdtemp(prefix="keelson-restore-", dir=params.get("work_dir") or "/var/tmp")
             try:
                 result.update(_restore_in(work, s3, bucket, manifest, conn, target, exists, encrypted, params))
