@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["smoke", "base", "docker", "postgresql", "redis", "rabbitmq", "nginx",
+ORDER = ["smoke", "base", "docker", "postgresql", "redis", "rabbitmq", "nginx", "rollout_modules",
          "compose_stack", "backup", "full_stack"]
 
 
