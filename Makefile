@@ -13,6 +13,8 @@ export PY_COLORS ?= 0
 # CI runs the benchmarks at a small size so they cannot rot; `make bench` runs them at full size.
 BENCH_SIZE ?= small
 SCENARIOS ?=
+# Scenarios run two at a time: most of their time is spent waiting on apt and systemd.
+MOLECULE_JOBS ?= 2
 
 .PHONY: help venv engine images lab lab-up lab-down lab-status site test lint unit sanity molecule integration bench bench-small build clean
 
@@ -61,8 +63,8 @@ unit: venv
 sanity: venv
 	$(BIN)/python tests/sanity.py
 
-molecule: venv images
-	$(BIN)/python tests/run_scenarios.py $(SCENARIOS)
+molecule: lab-up
+	$(BIN)/python tests/run_scenarios.py --jobs $(MOLECULE_JOBS) $(SCENARIOS)
 
 integration: lab
 	$(BIN)/pytest -q tests/integration
