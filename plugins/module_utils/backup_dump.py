@@ -126,7 +126,7 @@ def run_backup(params, check_mode=False):
             # Counted while pg_dump runs, in the snapshot pg_dump uses.
             session.send(ROW_COUNT_SQL)
             dump_argv = ["pg_dump", "-Fc"] + compress_args + ["--snapshot=" + snapshot, "-d", database]
-            dump, tee = _upload(s3, bucket, dump_key, conn, dump_argv, recipients, params.get("upload_workers") or 4,
+            dump, tee = _upload(s3, bucket, dump_key, conn, dump_argv, recipients, params.get("upload_workers") or 1,
                                 tee_argv=["pg_restore", "-l"])
             uploaded.append(dump_key)
             toc_rc, listing = tee.result()

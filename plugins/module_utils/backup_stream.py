@@ -190,7 +190,7 @@ class ProducerStream(object):
             self.tee.close()
 
 
-def upload_stream(client, bucket, key, stream, workers=4, content_type="application/octet-stream",
+def upload_stream(client, bucket, key, stream, workers=1, content_type="application/octet-stream",
                   base_part_size=BASE_PART_SIZE):
     """Multipart-uploads a ProducerStream under `key`. Any failure (a producer
     exiting non-zero, an S3 error, an interrupt) aborts the multipart upload, so

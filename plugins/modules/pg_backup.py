@@ -114,9 +114,12 @@ options:
     description: node_exporter textfile collector directory for C(keelson_backup_*) metrics; none written when omitted.
     type: path
   upload_workers:
-    description: Parts uploaded in parallel (each holds one part in memory).
+    description:
+      - Parts uploaded in parallel (each holds one part in memory).
+      - Ceph RGW in dbstore mode (the lab) loses parts uploaded in parallel on long uploads (CompleteMultipartUpload
+        answers InvalidPart, and the upload is aborted), hence 1 by default; raise it for AWS S3 or a clustered RGW.
     type: int
-    default: 4
+    default: 1
 """
 
 EXAMPLES = r"""
@@ -219,7 +222,7 @@ def main():
             globals=dict(type="bool", default=True),
             lock_dir=dict(type="path", default="/run/lock/keelson-backup"),
             metrics_dir=dict(type="path"),
-            upload_workers=dict(type="int", default=4),
+            upload_workers=dict(type="int", default=1),
         ),
         supports_check_mode=True,
     )
