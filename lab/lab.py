@@ -63,6 +63,8 @@ S3_BUCKET = "keelson-backups"
 # --privileged is refused by this sandbox).
 SYSTEMD_FLAGS = [
     "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+    # `docker exec` in a nested engine (healthchecks, compose --wait) needs ptrace
+    "--cap-add", "SYS_PTRACE",
     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
     "--tmpfs", "/run", "--tmpfs", "/run/lock",
     "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
@@ -256,14 +258,30 @@ def lab_containers():
     return [n for n in out.split() if n]
 
 
-def container_current(name, image):
-    """True when the container runs and was created from the image as built now."""
-    res = docker("inspect", "-f", "{{.State.Running}} {{.Image}}", name, check=False)
+def spec_label(image, args):
+    """A hash of what the container is made from: the image as built now and the
+    run arguments. A change of either makes `up` recreate the container."""
+    image_id = docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
+    digest = hashlib.sha256(json.dumps([image_id, args]).encode()).hexdigest()[:16]
+    return f"{LABEL}.spec={digest}"
+
+
+def container_current(name, spec):
+    res = docker("inspect", "-f", '{{.State.Running}} {{index .Config.Labels "keelson.lab.spec"}}',
+                 name, check=False)
     if res.returncode != 0:
         return False
-    running, image_id = res.stdout.split()
-    wanted = docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
-    return running == "true" and image_id == wanted
+    running, _, have = res.stdout.strip().partition(" ")
+    return running == "true" and f"{LABEL}.spec={have}" == spec
+
+
+def replace_container(cname, image, args, env=None):
+    spec = spec_label(image, args)
+    if container_current(cname, spec):
+        return
+    docker("rm", "-f", cname, check=False)
+    run(["docker", "run", "-d", "--name", cname, "--label", LABEL, "--label", spec, *args, image],
+        env=env, capture=True)
 
 
 def ensure_network():
@@ -273,36 +291,28 @@ def ensure_network():
 
 
 def start_host(name, spec, release):
-    cname = f"keelson-lab-{name}"
-    if container_current(cname, f"keelson/debian:{release}"):
-        return
-    docker("rm", "-f", cname, check=False)
-    args = ["run", "-d", "--name", cname, "--hostname", name, "--label", LABEL,
-            "--network", NETWORK, "--ip", address(spec["ip"]),
+    args = ["--hostname", name, "--network", NETWORK, "--ip", address(spec["ip"]),
             "--network-alias", name, "--network-alias", f"{name}.{DOMAIN}", *SYSTEMD_FLAGS]
     if spec.get("docker_volume"):
         vol = f"keelson-lab-{name}-docker"
         docker("volume", "create", "--label", LABEL, vol)
         args += ["-v", f"{vol}:/var/lib/docker"]
-    docker(*args, f"keelson/debian:{release}")
+    replace_container(f"keelson-lab-{name}", f"keelson/debian:{release}", args)
 
 
 def start_service(name, svc, creds):
-    cname = f"keelson-lab-{name}"
-    if container_current(cname, f"{svc['image']}:latest"):
-        return
-    docker("rm", "-f", cname, check=False)
-    args = ["run", "-d", "--name", cname, "--hostname", name, "--label", LABEL,
-            "--network", NETWORK, "--ip", address(svc["ip"]),
+    args = ["--hostname", name, "--network", NETWORK, "--ip", address(svc["ip"]),
             "--network-alias", name, "--network-alias", f"{name}.{DOMAIN}"]
     if svc["data"]:
         vol = f"keelson-lab-{name}-data"
         docker("volume", "create", "--label", LABEL, vol)
         args += ["-v", f"{vol}:{svc['data']}"]
+    env = None
     if name == "s3":
+        # passed by name so the secrets stay out of the process list
         args += ["-e", "S3_ACCESS_KEY", "-e", "S3_SECRET_KEY", "-e", f"S3_BUCKET={S3_BUCKET}"]
-    env = dict(os.environ, S3_ACCESS_KEY=creds["s3_access_key"], S3_SECRET_KEY=creds["s3_secret_key"])
-    run(["docker", *args, f"{svc['image']}:latest"], env=env, capture=True)
+        env = dict(os.environ, S3_ACCESS_KEY=creds["s3_access_key"], S3_SECRET_KEY=creds["s3_secret_key"])
+    replace_container(f"keelson-lab-{name}", f"{svc['image']}:latest", args, env=env)
 
 
 def wait_systemd(name, timeout=90):
@@ -323,9 +333,10 @@ LAB_SECRETS = {
     # name in lab_generated.yml -> generator
     "s3_access_key": lambda: "LAB" + secrets.token_hex(8).upper(),
     "s3_secret_key": lambda: secrets.token_urlsafe(30),
-    "demo_db_password": lambda: secrets.token_urlsafe(24),
-    "demo_redis_password": lambda: secrets.token_urlsafe(24),
-    "demo_amqp_password": lambda: secrets.token_urlsafe(24),
+    # these go into connection URLs: hex needs no quoting
+    "demo_db_password": lambda: secrets.token_hex(16),
+    "demo_redis_password": lambda: secrets.token_hex(16),
+    "demo_amqp_password": lambda: secrets.token_hex(16),
     "redis_admin_password": lambda: secrets.token_urlsafe(24),
     "erlang_cookie": lambda: secrets.token_hex(20).upper(),
     "basic_auth_password": lambda: secrets.token_urlsafe(18),
@@ -382,6 +393,11 @@ def write_inventory(release, creds):
         f.write(body)
 
 
+def cmd_images(args):
+    ensure_engine()
+    ensure_images(services=not args.no_services)
+
+
 def cmd_up(args):
     t0 = time.monotonic()
     ensure_engine()
@@ -398,6 +414,9 @@ def cmd_up(args):
              lambda: docker("exec", "keelson-lab-s3", "test", "-e", "/run/lab-s3-ready",
                             check=False).returncode == 0, 120)
     wait_for("the registry", lambda: tcp_open(address(SERVICES["registry"]["ip"]), REGISTRY_PORT), 30)
+    # the demo application's images (and the test-only backing images) in the lab registry
+    run([sys.executable, str(ROOT / "lab" / "demo" / "build.py"),
+         "--registry", f"{address(SERVICES['registry']['ip'])}:{REGISTRY_PORT}"])
     wait_for("pebble", lambda: tcp_open(address(SERVICES["pebble"]["ip"]), PEBBLE_PORT), 30)
     pebble_ca = docker("exec", "keelson-lab-pebble", "cat", "/etc/pebble/tls/cert.pem").stdout
     (INVENTORY_DIR / "pebble-listener.pem").write_text(pebble_ca)
@@ -446,7 +465,7 @@ def main(argv=None):
     sub.add_parser("engine").set_defaults(fn=lambda a: ensure_engine())
     img = sub.add_parser("images")
     img.add_argument("--no-services", action="store_true")
-    img.set_defaults(fn=lambda a: (ensure_engine(), ensure_images(services=not a.no_services)))
+    img.set_defaults(fn=cmd_images)
     up = sub.add_parser("up")
     up.add_argument("--debian", choices=sorted(RELEASES), default="13")
     up.set_defaults(fn=cmd_up)

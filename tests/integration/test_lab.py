@@ -1,6 +1,7 @@
 """The lab itself, as `make lab` leaves it: hosts boot, Ansible reaches them, and
 the service containers are the real servers the other tests rely on."""
 import json
+import os
 import ssl
 import subprocess
 import urllib.request
@@ -9,7 +10,6 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from boto3.s3.transfer import TransferConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "inventories" / "lab"
@@ -59,22 +59,34 @@ def s3client(labvars):
                         region_name="us-east-1")
 
 
-def test_s3_multipart_roundtrip(labvars, tmp_path):
+def test_s3_single_put_roundtrip(labvars):
     s3 = s3client(labvars)
-    # three 8 MiB parts and a 1 MiB tail. (RGW's dbstore backend reads multipart
-    # objects very slowly when the last part is tiny, e.g. 4 KiB: see docs/lab.md.)
-    body = bytes(range(256)) * (25 * 4096)
-    src = tmp_path / "blob"
-    src.write_bytes(body)
-    key = "lab-test/multipart-roundtrip"
-    s3.upload_file(str(src), labvars["keelson_s3_bucket"], key,
-                   Config=TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20))
-    head = s3.head_object(Bucket=labvars["keelson_s3_bucket"], Key=key)
-    assert head["ContentLength"] == len(body)
-    assert head["ETag"].strip('"').endswith("-4")
-    got = s3.get_object(Bucket=labvars["keelson_s3_bucket"], Key=key)["Body"].read()
-    assert got == body
+    body = os.urandom(3 << 20)
+    key = "lab-test/single-put"
+    s3.put_object(Bucket=labvars["keelson_s3_bucket"], Key=key, Body=body)
+    assert s3.get_object(Bucket=labvars["keelson_s3_bucket"], Key=key)["Body"].read() == body
     s3.delete_object(Bucket=labvars["keelson_s3_bucket"], Key=key)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Ceph RGW 18.2 in dbstore mode stores every part of a multipart object over the "
+    "same rows: each part reads back as the last part's bytes (docs/lab.md). strict: "
+    "this test fails loudly once the lab's S3 server stores multipart objects correctly."))
+def test_s3_multipart_roundtrip(labvars):
+    s3 = s3client(labvars)
+    bucket, key = labvars["keelson_s3_bucket"], "lab-test/multipart-roundtrip"
+    parts = [os.urandom(5 << 20) for _ in range(3)]   # distinct parts: identical ones would hide a mix-up
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = [{"PartNumber": n, "ETag": s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n,
+                                                     Body=part)["ETag"]}
+            for n, part in enumerate(parts, start=1)]
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done})
+    try:
+        got = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    finally:
+        s3.delete_object(Bucket=bucket, Key=key)
+    assert len(got) == sum(map(len, parts))
+    assert got == b"".join(parts)
 
 
 def test_s3_refuses_wrong_secret(labvars):
