@@ -16,7 +16,7 @@ SCENARIOS ?=
 # Scenarios run two at a time: most of their time is spent waiting on apt and systemd.
 MOLECULE_JOBS ?= 2
 
-.PHONY: help venv engine images lab lab-up lab-down lab-status site test lint unit sanity molecule integration bench bench-small build clean
+.PHONY: help venv sslyze engine images lab lab-up lab-down lab-status site test lint unit sanity molecule integration bench bench-small build clean
 
 help:
 	@echo "make lab          set up everything and run site.yml against the local lab (the main job)"
@@ -32,6 +32,15 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# sslyze pins an older cryptography than community.crypto needs: its own venv.
+SSLYZE_VENV := .cache/sslyze-venv
+$(SSLYZE_VENV)/.installed: requirements-sslyze.txt
+	$(PYTHON) -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/pip install -q -r requirements-sslyze.txt
+	touch $@
+
+sslyze: $(SSLYZE_VENV)/.installed
 
 engine:
 	$(PYTHON) lab/lab.py engine
@@ -63,7 +72,7 @@ unit: venv
 sanity: venv
 	$(BIN)/python tests/sanity.py
 
-molecule: lab-up
+molecule: lab-up sslyze
 	$(BIN)/python tests/run_scenarios.py --jobs $(MOLECULE_JOBS) $(SCENARIOS)
 
 integration: lab
