@@ -98,7 +98,7 @@ def test_security_headers_and_redirect():
     assert "strict-transport-security: max-age=63072000" in headers
     assert "x-frame-options: deny" in headers
     assert "x-content-type-options: nosniff" in headers
-    assert "server: nginx\r\n" in headers  # no version: server_tokens off
+    assert "\nserver: nginx\n" in headers  # no version: server_tokens off
     redirect = subprocess.run(["docker", "exec", "keelson-lab-lb1", "curl", "-sS", "-o", "/dev/null", "-w",
                                "%{http_code} %{redirect_url}", "http://lb1.lab.keelson.test/health"],
                               capture_output=True, text=True, timeout=60)
