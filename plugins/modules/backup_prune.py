@@ -31,6 +31,8 @@ attributes:
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
+extends_documentation_fragment:
+  - keelson.stack.backup_s3
 options:
   database:
     description: Database whose backups are pruned.
@@ -48,29 +50,6 @@ options:
     description: Monthly buckets to keep.
     type: int
     default: 12
-  s3_endpoint_url:
-    description: S3 endpoint URL; AWS when omitted.
-    type: str
-  s3_bucket:
-    description: Bucket holding the backups.
-    type: str
-    required: true
-  s3_prefix:
-    description: Key prefix the backups were made under.
-    type: str
-    required: true
-  s3_access_key:
-    description: S3 access key id.
-    type: str
-    required: true
-  s3_secret_key:
-    description: S3 secret key.
-    type: str
-    required: true
-  s3_region:
-    description: S3 region name.
-    type: str
-    default: us-east-1
 """
 
 EXAMPLES = r"""

@@ -36,6 +36,8 @@ attributes:
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
+extends_documentation_fragment:
+  - keelson.stack.backup_s3
 options:
   database:
     description: Name of the backed-up database (selects C(<s3_prefix>/<database>/)).
@@ -81,29 +83,6 @@ options:
   metrics_dir:
     description: node_exporter textfile directory for C(keelson_backup_verify_*) metrics (written when set).
     type: path
-  s3_endpoint_url:
-    description: S3 endpoint URL; AWS when omitted.
-    type: str
-  s3_bucket:
-    description: Bucket holding the backups.
-    type: str
-    required: true
-  s3_prefix:
-    description: Key prefix the backups were made under.
-    type: str
-    required: true
-  s3_access_key:
-    description: S3 access key id.
-    type: str
-    required: true
-  s3_secret_key:
-    description: S3 secret key.
-    type: str
-    required: true
-  s3_region:
-    description: S3 region name.
-    type: str
-    default: us-east-1
   pg_host:
     description: Server host or socket directory; the default local socket when omitted.
     type: str
