@@ -30,7 +30,7 @@ def main():
             print(f"check_build: the tarball lacks {missing}")
             return 1
         dest = Path(tmp) / "installed"
-        subprocess.run(["ansible-galaxy", "collection", "install", "--offline", "--no-deps",
+        subprocess.run(["ansible-galaxy", "collection", "install", "--offline", "--no-deps", "--force",
                         "-p", str(dest), str(tarball)], check=True, stdout=subprocess.DEVNULL)
         if not (dest / "ansible_collections" / "keelson" / "stack" / "MANIFEST.json").exists():
             print("check_build: the installed collection has no MANIFEST.json")
