@@ -275,8 +275,10 @@ def container_current(name, spec):
     return running == "true" and f"{LABEL}.spec={have}" == spec
 
 
-def replace_container(cname, image, args, env=None):
-    spec = spec_label(image, args)
+def replace_container(cname, image, args, env=None, secret_env=()):
+    # the secrets passed by name count too (hashed), so new credentials recreate it
+    seal = hashlib.sha256("\0".join(env[k] for k in secret_env).encode()).hexdigest() if secret_env else ""
+    spec = spec_label(image, args + [seal])
     if container_current(cname, spec):
         return
     docker("rm", "-f", cname, check=False)
@@ -312,7 +314,8 @@ def start_service(name, svc, creds):
         # passed by name so the secrets stay out of the process list
         args += ["-e", "S3_ACCESS_KEY", "-e", "S3_SECRET_KEY", "-e", f"S3_BUCKET={S3_BUCKET}"]
         env = dict(os.environ, S3_ACCESS_KEY=creds["s3_access_key"], S3_SECRET_KEY=creds["s3_secret_key"])
-    replace_container(f"keelson-lab-{name}", f"{svc['image']}:latest", args, env=env)
+    replace_container(f"keelson-lab-{name}", f"{svc['image']}:latest", args, env=env,
+                      secret_env=("S3_ACCESS_KEY", "S3_SECRET_KEY") if env else ())
 
 
 def wait_systemd(name, timeout=90):
