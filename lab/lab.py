@@ -50,7 +50,9 @@ HOSTS = {
 }
 # Service containers (plain processes, not "VMs").
 SERVICES = {
-    "s3": {"ip": 41, "image": "keelson/lab-s3", "data": "/var/lib/ceph/radosgw"},
+    # no data volume: the S3 server starts empty whenever its container is made
+    # (new image, flags or credentials) and keeps its data while it lives
+    "s3": {"ip": 41, "image": "keelson/lab-s3", "data": None},
     "registry": {"ip": 42, "image": "keelson/lab-registry", "data": "/var/lib/docker-registry"},
     "pebble": {"ip": 43, "image": "keelson/lab-pebble", "data": None},
 }
