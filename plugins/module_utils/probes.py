@@ -212,3 +212,41 @@ def wait_for_probes(probes, consecutive=3, interval=1.0, timeout=60.0, stable_se
             reason = "deadline of %gs passed: %s" % (timeout, reason)
             raise GateFailed(reason, result(False, reason))
         sleep(interval)
+
+
+def watch_probes(probes, duration, interval=1.0, failure_threshold=2,
+                 runner=run_probe, clock=time.monotonic, sleep=time.sleep):
+    """Keeps running every probe each round for ``duration`` seconds (a monitoring
+    window after a gate has passed). Raises GateFailed as soon as a probe fails
+    ``failure_threshold`` times in a row, or at once on a fatal outcome; otherwise
+    returns the result: ``passed``, ``reason``, ``total_seconds``, ``rounds`` and per
+    probe ``name``, ``attempts``, ``failures``, ``last_failure``."""
+    if failure_threshold < 1:
+        raise ValueError("failure_threshold must be at least 1")
+    start = clock()
+    states = [{"name": probe_name(p), "attempts": 0, "failures": 0, "run": 0, "last_failure": None}
+              for p in probes]
+    rounds = 0
+
+    def result(passed, reason):
+        return {"passed": passed, "reason": reason, "total_seconds": round(clock() - start, 3), "rounds": rounds,
+                "probes": [dict((k, v) for k, v in s.items() if k != "run") for s in states]}
+
+    while True:
+        rounds += 1
+        for probe, state in zip(probes, states):
+            outcome = runner(probe)
+            state["attempts"] += 1
+            if outcome.ok:
+                state["run"] = 0
+                continue
+            state["failures"] += 1
+            state["run"] += 1
+            state["last_failure"] = outcome.reason
+            if outcome.fatal or state["run"] >= failure_threshold:
+                reason = "%s failed %d time(s) in a row %.1fs into the monitoring window: %s" % (
+                    state["name"], state["run"], clock() - start, outcome.reason)
+                raise GateFailed(reason, result(False, reason))
+        if clock() - start + interval > duration:
+            return result(True, "")
+        sleep(interval)

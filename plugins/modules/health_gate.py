@@ -100,6 +100,17 @@ options:
     description: Seconds from the start until the gate fails.
     type: float
     default: 60
+  watch_seconds:
+    description:
+      - After the gate has passed, keep running every probe each O(interval) for this many seconds (a monitoring
+        window): the task fails as soon as a probe fails O(watch_failure_threshold) times in a row, or at once when a
+        container has exited or is unhealthy. V(0) ends the task when the gate passes.
+    type: float
+    default: 0
+  watch_failure_threshold:
+    description: Failures in a row of one probe that fail the monitoring window.
+    type: int
+    default: 2
 requirements:
   - Docker SDK for Python on the target, for C(docker) probes only.
 attributes:
@@ -134,6 +145,16 @@ EXAMPLES = r"""
     consecutive: 3
     interval: 1
     timeout: 60
+
+- name: Keep watching every replica updated so far for 30 s after a batch
+  keelson.stack.health_gate:
+    probes:
+      - {type: http, url: "http://10.0.0.21:8001/health"}
+      - {type: http, url: "http://10.0.0.21:8002/health"}
+    consecutive: 1
+    timeout: 30
+    watch_seconds: 30
+    watch_failure_threshold: 2
 """
 
 RETURN = r"""
@@ -152,6 +173,11 @@ reason:
   returned: always
   type: str
   sample: "deadline of 60s passed: http http://127.0.0.1:8001/health: status 503, expected 200"
+watch:
+  description: With O(watch_seconds), the monitoring window (C(passed), C(reason), C(total_seconds), C(rounds), and per probe
+    C(name), C(attempts), C(failures), C(last_failure)).
+  returned: when watch_seconds is above 0 and the gate passed
+  type: dict
 probes:
   description: One entry per probe, in the order given.
   returned: always
@@ -179,7 +205,7 @@ probes:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.keelson.stack.plugins.module_utils.probes import GateFailed, wait_for_probes
+from ansible_collections.keelson.stack.plugins.module_utils.probes import GateFailed, wait_for_probes, watch_probes
 
 PROBE_OPTIONS = dict(
     type=dict(type="str", required=True, choices=["http", "tcp", "docker"]),
@@ -209,6 +235,8 @@ def main():
             interval=dict(type="float", default=1),
             stable_seconds=dict(type="float", default=0),
             timeout=dict(type="float", default=60),
+            watch_seconds=dict(type="float", default=0),
+            watch_failure_threshold=dict(type="int", default=2),
         ),
         supports_check_mode=True,
     )
@@ -221,6 +249,12 @@ def main():
         result = wait_for_probes(probes, consecutive=module.params["consecutive"],
                                  interval=module.params["interval"], timeout=module.params["timeout"],
                                  stable_seconds=module.params["stable_seconds"])
+        if module.params["watch_seconds"] > 0:
+            try:
+                result["watch"] = watch_probes(probes, module.params["watch_seconds"], module.params["interval"],
+                                               module.params["watch_failure_threshold"])
+            except GateFailed as exc:
+                module.fail_json(msg=exc.reason, changed=False, watch=exc.result, **result)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     except GateFailed as exc:

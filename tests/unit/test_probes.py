@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from ansible_collections.keelson.stack.plugins.module_utils.probes import (
-    GateFailed, Outcome, http_probe, run_probe, tcp_probe, wait_for_probes)
+    GateFailed, Outcome, http_probe, run_probe, tcp_probe, wait_for_probes, watch_probes)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -197,3 +197,35 @@ def test_gate_waits_for_a_stable_streak():
     assert a["passed_seconds"] == pytest.approx(11.1)
     with pytest.raises(ValueError):
         wait_for_probes([{"type": "tcp", "name": "a"}], timeout=5, stable_seconds=5)
+
+
+def test_watch_tolerates_isolated_failures_for_the_whole_window():
+    clock = Clock()
+    scripts = {"a": [True, False, True, True, False, True] + [True] * 30, "b": [True] * 36}
+    res = watch_probes([{"type": "http", "name": "a"}, {"type": "http", "name": "b"}], duration=10, interval=1,
+                       failure_threshold=2, runner=scripted(clock, scripts), clock=clock, sleep=clock.sleep)
+    assert res["passed"] and res["rounds"] == 9
+    a, b = res["probes"]
+    assert a["attempts"] == 9 and a["failures"] == 2 and a["last_failure"] == "not yet"
+    assert b["failures"] == 0 and b["last_failure"] is None
+
+
+def test_watch_fails_on_consecutive_failures_inside_the_window():
+    """A release that degrades after its gate passed: two failures in a row at rounds 6-7."""
+    clock = Clock()
+    scripts = {"a": [True] * 5 + [False, False] + [True] * 30}
+    with pytest.raises(GateFailed) as failed:
+        watch_probes([{"type": "http", "name": "a"}], duration=30, interval=1, failure_threshold=2,
+                     runner=scripted(clock, scripts), clock=clock, sleep=clock.sleep)
+    res = failed.value.result
+    assert not res["passed"] and res["rounds"] == 7 and res["probes"][0]["failures"] == 2
+    assert "a failed 2 time(s) in a row 6.7s into the monitoring window: not yet" == failed.value.reason
+
+
+def test_watch_stops_at_once_on_a_fatal_outcome():
+    clock = Clock()
+    scripts = {"a": [True, "fatal"]}
+    with pytest.raises(GateFailed) as failed:
+        watch_probes([{"type": "docker", "name": "a"}], duration=30, interval=1, failure_threshold=3,
+                     runner=scripted(clock, scripts), clock=clock, sleep=clock.sleep)
+    assert failed.value.result["rounds"] == 2 and "exited" in failed.value.reason
