@@ -142,6 +142,45 @@ def last_good_release(records, service=None, exclude_id=None):
     return None
 
 
+def _images_before(record):
+    return dict((s["name"], s.get("old_pinned") or s.get("old_image")) for s in record.get("replicas", [])
+                if s.get("old_pinned") or s.get("old_image"))
+
+
+def rollback_target(records, running, service=None, record_id=None):
+    """What a rollback returns to. The deploy records, oldest first, give the history
+    of releases: what each deploy replaced ("before") and, if it succeeded, what it left
+    running ("after"). The target is the newest release older than the newest one that
+    matches ``running`` ({replica: pinned reference}) and differs from it: right after a
+    deploy, what it replaced; after a rollback, one further back; on a host a killed run
+    left half-rolled, what ran before that run. With ``record_id``, that record's
+    "after" (or "before" if it did not succeed). Returns {record, finished_at, images,
+    side} or None. Restarts and rollbacks do not make releases."""
+    releases = []
+    for record in records:
+        if record.get("action") != "deploy" or (service and record.get("service") != service):
+            continue
+        sides = [("before", _images_before(record))]
+        if record.get("outcome") == "succeeded":
+            sides.append(("after", running_images(record)))
+        releases.extend((record, side, images) for side, images in sides if images)
+
+    def matches(images):
+        return all(running.get(name) == ref for name, ref in images.items())
+
+    def target(record, side, images):
+        return {"record": record["id"], "finished_at": record.get("finished_at"), "images": images, "side": side}
+
+    if record_id:
+        chosen = [r for r in releases if r[0]["id"] == record_id]
+        return target(*chosen[-1]) if chosen else None
+    now = max([i for i, release in enumerate(releases) if matches(release[2])] or [len(releases)])
+    for record, side, images in reversed(releases[:now]):
+        if not matches(images):
+            return target(record, side, images)
+    return None
+
+
 def append_audit(path, entry):
     """One JSON line per action, appended with O_APPEND so concurrent writers do not interleave."""
     line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"

@@ -189,6 +189,23 @@ replicas:
   sample: [{"service": "api-1", "port": 8001, "container": "shop-api-1-1", "state": "running", "health": "healthy",
             "image": "172.30.77.42:5000/demo-api:1.0.0", "image_id": "sha256:4f...", "pinned": "172.30.77.42:5000/demo-api@sha256:9c...",
             "digest": "sha256:9c..."}]
+last_good:
+  description:
+    - With O(action=status), the newest succeeded rollout record (of O(service) when given, never O(record_id)) and
+      the image each replica ran when it ended, pinned by digest where known; null when there is none.
+      The input of C(rollback.yml).
+  returned: when action is status
+  type: dict
+  sample: {"record": "20270115T080000Z-app1", "finished_at": "2027-01-15T08:03:10Z",
+           "images": {"api-1": "172.30.77.42:5000/demo-api@sha256:9c...", "api-2": "172.30.77.42:5000/demo-api@sha256:9c..."}}
+rollback_target:
+  description:
+    - With O(action=status), what C(rollback.yml) returns to, from the deploy records - right after a deploy, the images
+      it replaced; after a rollback, one release further back; on a host a killed run left half-rolled, what ran before
+      that run. C(record), C(finished_at), C(images) per replica, C(side) (C(before) or C(after) that record); null when
+      the records know no other release.
+  returned: when action is status
+  type: dict
 step:
   description: With O(action=deploy) or O(action=restart), what happened to the replica.
   returned: when action is deploy or restart
@@ -240,7 +257,8 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
-    append_audit, finish_record, load_record, new_record, record_path, save_replica_step, utc_iso)
+    append_audit, finish_record, last_good_release, load_record, load_records, new_record, record_path,
+    rollback_target, save_replica_step, utc_iso)
 from ansible_collections.keelson.stack.plugins.module_utils.rollout import (
     ComposeProject, RolloutError, replace_replica)
 
@@ -317,7 +335,11 @@ def main():
             state = compose.current(replica["service"]) or {}
             state.update(replica)
             states.append(state)
-        module.exit_json(changed=False, replicas=states)
+        records = load_records(releases)
+        running = dict((s["service"], s.get("pinned") or s.get("image")) for s in states if s.get("image"))
+        module.exit_json(changed=False, replicas=states,
+                         last_good=last_good_release(records, p["service"] or None, p["record_id"]),
+                         rollback_target=rollback_target(records, running, p["service"] or None))
 
     if p["replica"] not in ports:
         module.fail_json(msg="replica %s is not one of %s" % (p["replica"], ", ".join(ports)))

@@ -10,7 +10,7 @@ import pytest
 from ansible.utils.helpers import pct_to_int
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
     append_audit, finish_record, last_good_release, load_record, load_records, new_record, plan_lines,
-    record_path, rollout_plan, save_replica_step, serial_batches)
+    record_path, rollback_target, rollout_plan, save_replica_step, serial_batches)
 
 OLD = "172.30.77.42:5000/demo-api@sha256:" + "a" * 64
 NEW = "172.30.77.42:5000/demo-api@sha256:" + "b" * 64
@@ -64,6 +64,44 @@ def test_a_rolled_back_replica_counts_its_old_image(tmp_path):
     record["replicas"] = [step("api-1", "restored")]
     finish_record(str(tmp_path), record, "succeeded")
     assert last_good_release(load_records(str(tmp_path)))["images"] == {"api-1": OLD}
+
+
+def test_rollback_target_walks_back_through_the_deploys(tmp_path):
+    releases = str(tmp_path)
+
+    def record(rid, at, action, outcome, replicas):
+        r = new_record(rid, "shop", "api", "app1", action, "ana", now=at)
+        r["replicas"] = replicas
+        finish_record(releases, r, outcome)
+        return r
+
+    r1 = record("r1", 1800000000, "deploy", "succeeded", [step("api-1", "replaced", "v0", OLD),
+                                                           step("api-2", "replaced", "v0", OLD)])
+    r2 = record("r2", 1800000100, "deploy", "succeeded", [step("api-1", "replaced"), step("api-2", "replaced")])
+    record("r3", 1800000200, "restart", "succeeded", [step("api-1", "replaced", NEW, NEW)])
+    both = lambda ref: {"api-1": ref, "api-2": ref}  # noqa: E731
+    # right after r2: back to what r2 replaced
+    assert rollback_target(load_records(releases), both(NEW)) == {
+        "record": "r2", "finished_at": r2["finished_at"], "images": both(OLD), "side": "before"}
+    # after that rollback (its own record makes no release): one further back
+    record("r4", 1800000300, "rollback", "succeeded", [step("api-1", "replaced", NEW, OLD),
+                                                       step("api-2", "replaced", NEW, OLD)])
+    assert rollback_target(load_records(releases), both(OLD))["images"] == both("v0")
+    # a deploy killed half way (api-1 on BROKEN, api-2 still on NEW): back to what ran before it
+    broken = NEW.replace("b", "c")
+    record("r5", 1800000400, "deploy", "succeeded", [step("api-1", "replaced", OLD, NEW),
+                                                     step("api-2", "replaced", OLD, NEW)])
+    killed = new_record("r6", "shop", "api", "app1", "deploy", "ana", now=1800000500)
+    save_replica_step(releases, killed, step("api-1", "replaced", NEW, broken))
+    records = load_records(releases)
+    assert rollback_target(records, {"api-1": broken, "api-2": NEW})["images"] == {"api-1": NEW}
+    # an automatic rollback left NEW running: an explicit rollback goes back to OLD
+    assert rollback_target(records, both(NEW)) == {
+        "record": "r5", "finished_at": records[-2]["finished_at"], "images": both(OLD), "side": "before"}
+    assert rollback_target(records, both(NEW), record_id="r1") == {
+        "record": "r1", "finished_at": r1["finished_at"], "images": both(OLD), "side": "after"}
+    assert rollback_target(records, both(NEW), service="worker") is None
+    assert rollback_target([], both(NEW)) is None
 
 
 def test_audit_lines(tmp_path):
