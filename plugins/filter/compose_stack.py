@@ -16,7 +16,9 @@ description:
     both or neither set, ...). Returns the stack unchanged when it is valid.
   - Companion filters in this file are C(compose_stack_compose) (the Compose document),
     C(compose_stack_backends) (published backends of one host) and C(compose_stack_upstreams)
-    (the nginx role's C(nginx_upstreams) from every app host's backends).
+    (the nginx role's C(nginx_upstreams) from every app host's backends), C(compose_stack_rollout_pins)
+    (which pins of C(compose.rollout.yaml) still match compose.yaml's images) and C(compose_stack_replicas)
+    (one service's replicas as M(keelson.stack.compose_rollout) takes them).
 options:
   _input:
     description: The stack, as the compose_stack role assembles it.
@@ -74,6 +76,18 @@ def compose_stack_preflight_services(stack, services, previous):
     return cs.preflight_services(stack, services, previous)
 
 
+def compose_stack_replicas(backends, service):
+    """[{service, port}] of one service's replicas, in order: compose_rollout's ``replicas``."""
+    if service not in (backends or {}):
+        raise AnsibleFilterError("service %s publishes no ports on this host (services with backends: %s)"
+                                 % (service, ", ".join(sorted(backends or {})) or "none"))
+    return [{"service": b["replica"], "port": b["port"]} for b in backends[service]]
+
+
+def compose_stack_rollout_pins(pins, backends, services_now, services_before, pin_ids):
+    return cs.rollout_pins_to_keep(pins, backends, services_now, services_before, pin_ids)
+
+
 def compose_stack_job_service(job, stack):
     return cs.job_service(stack, job)
 
@@ -103,4 +117,6 @@ class FilterModule(object):
             "compose_stack_preflight_services": compose_stack_preflight_services,
             "compose_stack_job_service": compose_stack_job_service,
             "compose_stack_health_report": compose_stack_health_report,
+            "compose_stack_rollout_pins": compose_stack_rollout_pins,
+            "compose_stack_replicas": compose_stack_replicas,
         }

@@ -14,6 +14,8 @@ description:
     per host the replicas in replacement order with the image digest (or reference) they run and the
     one they would run, and whether each changes.
   - Pure function, no I/O. The input comes from M(keelson.stack.compose_rollout) with C(action=status) on each host.
+  - Its companion C(rollout_monitor_probes) turns the hostvars of the app hosts rolled so far into the HTTP probes
+    of the monitoring window (every replica's health path on its backend address).
 options:
   _input:
     description: "Per host, the replicas' current state: C({host: {replica: {image, digest}}})."
@@ -44,6 +46,15 @@ options:
     type: list
     elements: raw
     default: [1, "50%"]
+  changes:
+    description:
+      - "Per host and replica, whether it changes: C({host: {replica: bool}}), for example from
+        M(keelson.stack.compose_rollout) C(action=deploy) in check mode, which compares image IDs.
+        Decides over the comparison of references and digests where given."
+    type: dict
+  targets:
+    description: "Per host and replica, the image to run (a rollback's targets): C({host: {replica: reference}})."
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -64,16 +75,29 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.keelson.stack.plugins.module_utils.release import plan_lines, rollout_plan as _plan
 
 
-def rollout_plan(current, hosts, replicas, action, image=None, digest=None, serial=(1, "50%")):
+def rollout_plan(current, hosts, replicas, action, image=None, digest=None, serial=(1, "50%"), changes=None,
+                 targets=None):
     try:
         replicas = [{"name": r.get("name") or r["service"], "port": r["port"]} for r in replicas]
-        plan = _plan(hosts, replicas, current or {}, action, image, digest, serial)
+        plan = _plan(hosts, replicas, current or {}, action, image, digest, serial, changes, targets)
     except (KeyError, ValueError) as exc:
         raise AnsibleFilterError("rollout_plan: %s" % exc)
     plan["lines"] = plan_lines(plan)
     return plan
 
 
+def rollout_monitor_probes(hosts, health_path="/health"):
+    """HTTP probes of every replica of the given app hosts (their hostvars, with
+    keelson_rollout_replicas and keelson_rollout_address as the rollout playbook sets
+    them), as M(keelson.stack.health_gate) takes them: the monitoring window."""
+    probes = []
+    for host in hosts:
+        for replica in host["keelson_rollout_replicas"]:
+            probes.append({"type": "http", "name": "%s %s" % (host["inventory_hostname"], replica["service"]),
+                           "url": "http://%s:%d%s" % (host["keelson_rollout_address"], replica["port"], health_path)})
+    return probes
+
+
 class FilterModule(object):
     def filters(self):
-        return {"rollout_plan": rollout_plan}
+        return {"rollout_plan": rollout_plan, "rollout_monitor_probes": rollout_monitor_probes}

@@ -384,3 +384,29 @@ def health_report(containers):
             output = " ".join((entry.get("Output") or "").split())
             lines.append("  health check exit %s: %s" % (entry.get("ExitCode"), output[:300]))
     return "\n".join(lines) if lines else "no unhealthy or exited container found"
+
+
+def rollout_pins_to_keep(pins, backends, services_now, services_before, pin_ids):
+    """The pins of ``compose.rollout.yaml`` (``{replica: {"image": ref}}``, written by
+    compose_rollout) that stay when the role brings the stack up.
+
+    A pin stays when it pins the image compose.yaml asks for (nothing to change), or
+    when compose.yaml's image for its service is the one the previous converge ran (the
+    inventory has not moved since, so the pin is a newer deploy and site.yml must not
+    undo it). It goes when the inventory now asks for another image than both (this run
+    is the deploy), or when its replica is gone. ``backends`` is compose_stack_backends
+    (replica names per service), ``services_now`` and ``services_before`` map a service
+    to ``{"id": image id}`` (this run's and the previous release's), ``pin_ids`` a pin's
+    reference to its image ID."""
+    service_of = dict((b["replica"], name) for name, items in (backends or {}).items() for b in items)
+    kept = {}
+    for replica, pin in sorted((pins or {}).items()):
+        service = service_of.get(replica)
+        pinned = (pin or {}).get("image")
+        if not service or not pinned:
+            continue
+        wanted = (services_now.get(service) or {}).get("id")
+        before = ((services_before or {}).get(service) or {}).get("id")
+        if wanted is None or wanted == pin_ids.get(pinned) or wanted == before:
+            kept[replica] = {"image": pinned}
+    return kept

@@ -224,30 +224,38 @@ def replica_changes(current, target_image, target_digest=None):
     return current["image"] != target_image
 
 
-def rollout_plan(hosts, replicas, current, action, target_image=None, target_digest=None, serial=(1, "50%")):
+def rollout_plan(hosts, replicas, current, action, target_image=None, target_digest=None, serial=(1, "50%"),
+                 changes=None, targets=None):
     """The rollout as data: batches of hosts (canary first), per host the replicas in the
     order they are replaced and whether each changes.
 
     ``replicas``: [{name, port}] in replacement order (the same on every host);
     ``current``: {host: {replica: {image, digest}}}; ``action``: deploy or restart.
+    ``changes`` ({host: {replica: bool}}, e.g. from compose_rollout in check mode, which
+    compares image IDs) decides over the reference/digest comparison where it has an
+    answer; ``targets`` ({host: {replica: reference}}, a rollback's per-host images)
+    replaces the single target image.
     """
     if action not in ("deploy", "restart"):
         raise ValueError("action must be deploy or restart")
-    if action == "deploy" and not target_image:
+    if action == "deploy" and not (target_image or targets):
         raise ValueError("a deploy needs the target image")
+    changes = changes or {}
+    targets = targets or {}
     per_host = {}
     for host in hosts:
         steps = []
         for replica in replicas:
             now = (current.get(host) or {}).get(replica["name"]) or {}
-            change = True if action == "restart" else replica_changes(now, target_image, target_digest)
-            steps.append({
-                "name": replica["name"],
-                "port": replica["port"],
-                "from": now.get("digest") or now.get("image"),
-                "to": (target_digest or target_image) if action == "deploy" else now.get("digest") or now.get("image"),
-                "changes": change,
-            })
+            to = (targets.get(host) or {}).get(replica["name"]) or target_digest or target_image
+            if action == "restart":
+                change, to = True, now.get("digest") or now.get("image")
+            elif replica["name"] in (changes.get(host) or {}):
+                change = bool(changes[host][replica["name"]])
+            else:
+                change = replica_changes(now, to, target_digest if not targets else None)
+            steps.append({"name": replica["name"], "port": replica["port"],
+                          "from": now.get("digest") or now.get("image"), "to": to, "changes": change})
         per_host[host] = {"replicas": steps, "changes": sum(1 for s in steps if s["changes"])}
     # every host is in a batch, as the playbook's serial puts it there; hosts without
     # changes pass through their batch untouched
@@ -265,7 +273,7 @@ def rollout_plan(hosts, replicas, current, action, target_image=None, target_dig
 
 def plan_lines(plan):
     """The plan as text lines for --check output."""
-    target = plan["target"] or "the running images"
+    target = plan["target"] or ("the running images" if plan["action"] == "restart" else "per-host images")
     head = "%s to %s: %d replica(s) in %d batch(es)"
     lines = [head % (plan["action"], target, plan["replicas_to_change"], len(plan["batches"]))]
     for number, batch in enumerate(plan["batches"], 1):

@@ -94,11 +94,9 @@ options:
     type: path
   upload_workers:
     description:
-      - Parts uploaded in parallel (each holds one part in memory).
-      - Ceph RGW in dbstore mode (the lab) loses parts uploaded in parallel on long uploads (CompleteMultipartUpload
-        answers InvalidPart, and the upload is aborted), hence 1 by default; raise it for AWS S3 or a clustered RGW.
+      - Parts uploaded in parallel (each holds one part in memory, so the uploader's memory grows with it).
     type: int
-    default: 1
+    default: 2
 """
 
 EXAMPLES = r"""
@@ -201,7 +199,7 @@ def main():
             globals=dict(type="bool", default=True),
             lock_dir=dict(type="path", default="/run/lock/keelson-backup"),
             metrics_dir=dict(type="path"),
-            upload_workers=dict(type="int", default=1),
+            upload_workers=dict(type="int", default=2),
         ),
         supports_check_mode=True,
     )

@@ -221,3 +221,23 @@ def test_job_service_and_health_report():
         "  health check exit 1: healthcheck /health: HTTP Error 500",
         "demo-worker-1: exited (exit code 3)",
     ]
+
+
+def test_rollout_pins_stay_until_the_inventory_moves_on():
+    backends = {"api": [{"host": "10.0.0.21", "port": 8001, "replica": "api-1"},
+                        {"host": "10.0.0.21", "port": 8002, "replica": "api-2"}]}
+    v10, v11, v12 = ({"id": "sha256:" + c * 64} for c in "abc")
+    pins = {"api-1": {"image": "reg/demo-api@sha256:" + "1" * 64}, "api-2": {"image": "reg/demo-api@sha256:" + "1" * 64},
+            "gone-1": {"image": "reg/old@sha256:" + "2" * 64}}
+    pin_ids = {"reg/demo-api@sha256:" + "1" * 64: v11["id"]}
+    kept_all = {"api-1": pins["api-1"], "api-2": pins["api-2"]}
+    # deploy.yml put 1.1.0 on while the inventory still says 1.0.0, as at the last converge: kept
+    assert cs.rollout_pins_to_keep(pins, backends, {"api": v10}, {"api": v10}, pin_ids) == kept_all
+    # the inventory now says 1.1.0 too: kept (they change nothing)
+    assert cs.rollout_pins_to_keep(pins, backends, {"api": v11}, {"api": v10}, pin_ids) == kept_all
+    # the inventory moved on to 1.2.0: this converge is the deploy
+    assert cs.rollout_pins_to_keep(pins, backends, {"api": v12}, {"api": v10}, pin_ids) == {}
+    # check mode before the pull (no image ID yet) changes nothing
+    assert cs.rollout_pins_to_keep(pins, backends, {"api": {"id": None}}, {}, pin_ids) == kept_all
+    # a pin whose image is gone from the host cannot match
+    assert cs.rollout_pins_to_keep(pins, backends, {"api": v12}, {"api": v10}, {}) == {}

@@ -19,6 +19,8 @@ DEMO_FAIL_MODE makes a deliberately broken release for rollout tests:
     exit       the process exits DEMO_EXIT_AFTER seconds (default 5) after start
     probe      /health answers 500 but the Docker healthcheck (which then probes
                /livez) passes: healthy for Docker, failing through nginx
+Any version's /health answers 500 once the file /tmp/demo-fail exists in its
+container (`docker exec ... touch /tmp/demo-fail`): a release that goes bad late.
 """
 import json
 import os
@@ -229,7 +231,7 @@ class Handler(BaseHTTPRequestHandler):
         parts = [p for p in url.path.split("/") if p]
         try:
             if url.path == "/health":
-                if FAIL_MODE in ("unhealthy", "probe"):
+                if FAIL_MODE in ("unhealthy", "probe") or os.path.exists("/tmp/demo-fail"):
                     self.reply(500, {"status": "failing", "mode": FAIL_MODE})
                 else:
                     self.reply(200, {"status": "ok"})

@@ -1,0 +1,326 @@
+"""deploy.yml, rolling_restart.yml and rollback.yml on the lab (lb1, app1, app2; the demo
+API, two replicas per host), under HTTPS load through nginx on lb1.
+
+The tests run in file order, each starting from the state the previous one left:
+1.0.0 from site.yml -> plan -> deploy 1.1.0 -> restart -> three broken releases (only
+the canary touched, rolled back) -> rollback to 1.0.0 -> a late failure (all hosts end
+on 1.0.0) -> a second deploy refused by the lock -> a controller killed mid-rollout and
+the rerun. Every rollout asserts 0 non-2xx and 0 socket errors in the load."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import GENERATED, INVENTORY, ROOT
+
+sys.path.insert(0, str(ROOT / "tests"))
+from loadgen import Load, summary_line  # noqa: E402
+
+APP_HOSTS = ["app1", "app2"]
+REPLICAS = ["api-1", "api-2"]
+PROJECT_DIR = "/opt/keelson/stacks/demo"
+LOCK = "/opt/keelson/locks/lab.lock"
+CA = ROOT / ".cache" / "pki" / "lab" / "ca.crt"
+EDGE_NAME = "lb1.lab.keelson.test"
+EDGE_ADDRESS = "172.30.77.11"
+# Shorter than the defaults so the file runs in minutes; the logic is the same.
+FAST = {
+    "keelson_rollout_gate_interval": 0.5,
+    "keelson_rollout_gate_stable_seconds": 4,
+    "keelson_rollout_gate_timeout": 45,
+    "keelson_rollout_monitor_seconds": 8,
+    "keelson_rollout_monitor_interval": 0.5,
+    "keelson_rollout_stop_grace_period": 15,
+}
+
+
+def registry():
+    return yaml.safe_load(GENERATED.read_text())["keelson_registry"]
+
+
+def on(host, *argv, check=True, timeout=120):
+    res = subprocess.run(["docker", "exec", "keelson-lab-" + host, *argv], capture_output=True, text=True,
+                         timeout=timeout)
+    if check and res.returncode:
+        raise AssertionError("%s: %s\n%s%s" % (host, " ".join(argv), res.stdout, res.stderr))
+    return res.stdout
+
+
+def versions():
+    """{host: {replica: DEMO_VERSION of the running container}}."""
+    out = {}
+    for host in APP_HOSTS:
+        out[host] = {}
+        for replica in REPLICAS:
+            env = json.loads(on(host, "docker", "inspect", "-f", "{{json .Config.Env}}", "demo-%s-1" % replica))
+            state = on(host, "docker", "inspect", "-f", "{{.State.Health.Status}}", "demo-%s-1" % replica).strip()
+            version = [e.split("=", 1)[1] for e in env if e.startswith("DEMO_VERSION=")][0]
+            out[host][replica] = version if state == "healthy" else "%s (%s)" % (version, state)
+    return out
+
+
+def all_on(version):
+    return {host: {replica: version for replica in REPLICAS} for host in APP_HOSTS}
+
+
+def container_ids(host):
+    return on(host, "docker", "ps", "-q", "--no-trunc", "--filter", "label=com.docker.compose.project=demo").split()
+
+
+def records(host):
+    out = on(host, "sh", "-c", "cat %s/releases/*.json 2>/dev/null || true" % PROJECT_DIR)
+    docs = [json.loads(d) for d in re.findall(r"^\{.*?^\}", out, re.M | re.S)] if out.strip() else []
+    return sorted((d for d in docs if d.get("kind") == "rollout"), key=lambda d: d["started_at"])
+
+
+def record_of(host, run_id):
+    found = [r for r in records(host) if r["id"] == "%s-%s" % (run_id, host)]
+    return found[0] if found else None
+
+
+def upstream_file():
+    return on("lb1", "cat", "/etc/nginx/keelson/upstreams/api.conf")
+
+
+def run_id(output):
+    found = re.findall(r"run (\d{8}T\d{6}Z-\w+)", output)
+    assert found, output[-3000:]
+    return found[0]
+
+
+class Playbook:
+    def __init__(self, name, extra, check=False):
+        fd, self.vars_file = tempfile.mkstemp(prefix="keelson-rollout-", suffix=".json")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(dict(FAST, keelson_rollout_audit_log=str(AUDIT), **extra), handle)
+        self.argv = ["ansible-playbook", "-i", str(INVENTORY), str(ROOT / "playbooks" / name),
+                     "-e", "@" + self.vars_file] + (["--check"] if check else [])
+        self.env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                        ANSIBLE_FORCE_COLOR="0")
+
+    def run(self, timeout=900):
+        try:
+            res = subprocess.run(self.argv, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        finally:
+            os.unlink(self.vars_file)
+        res.output = res.stdout + res.stderr
+        return res
+
+    def start(self):
+        # its own process group, so a test can kill -9 the controller and its workers
+        return subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+AUDIT = Path(tempfile.gettempdir()) / ("keelson-it-audit-%d.log" % os.getpid())
+
+
+@pytest.fixture
+def load():
+    """Constant HTTPS load through nginx on lb1 while the test runs: GET, POST (writes to
+    PostgreSQL) and 10% slow requests. The test must stop it and check the counts."""
+    assert CA.exists(), "the lab's internal CA is made by site.yml: %s" % CA
+    generator = Load("https://%s" % EDGE_NAME, ca_file=str(CA), connect_to=EDGE_ADDRESS, workers=6, slow_ms=400)
+    generator.start()
+    time.sleep(3)  # a baseline before the rollout starts
+    generator.mark("roll_start")
+    yield generator
+    generator.stop()
+
+
+def finish_load(load):
+    end = load.mark("roll_end")
+    time.sleep(2)
+    load.stop()
+    marks = load.marks
+    stats = load.summary({"before": (marks["start"], marks["roll_start"]),
+                          "during": (marks["roll_start"], end)})
+    for name in ("before", "during"):
+        print(summary_line(name, stats[name]))
+    during = stats["during"]
+    assert during["requests"] > 50, during
+    assert during["non_2xx"] == 0 and during["socket_errors"] == 0, during
+    return stats
+
+
+def no_backend_down():
+    text = upstream_file()
+    assert " down" not in text, text
+
+
+def test_check_mode_prints_the_plan_and_changes_nothing():
+    before = {h: container_ids(h) for h in APP_HOSTS}
+    res = Playbook("deploy.yml", {"app_version": "1.1.0"}, check=True).run()
+    assert res.returncode == 0, res.output[-5000:]
+    assert "batch 1 (canary): app1" in res.output and "batch 2: app2" in res.output, res.output[-3000:]
+    assert "4 replica(s) in 2 batch(es)" in res.output
+    assert {h: container_ids(h) for h in APP_HOSTS} == before
+    assert versions() == all_on("1.0.0")
+
+
+def test_deploy_under_load(load):
+    res = Playbook("deploy.yml", {"app_version": "1.1.0"}).run()
+    stats = finish_load(load)
+    assert res.returncode == 0, res.output[-6000:]
+    assert versions() == all_on("1.1.0")
+    rid = run_id(res.output)
+    for host in APP_HOSTS:
+        record = record_of(host, rid)
+        assert record["outcome"] == "succeeded"
+        assert [r["outcome"] for r in record["replicas"]] == ["replaced", "replaced"]
+        assert all("@sha256:" in r["new_pinned"] for r in record["replicas"])
+        assert json.loads(on(host, "tail", "-n1", PROJECT_DIR + "/audit.log"))["record"] == record["id"]
+    audit = json.loads(AUDIT.read_text().splitlines()[-1])
+    assert audit["run"] == rid and audit["outcome"] == "succeeded" and audit["hosts"] == APP_HOSTS
+    no_backend_down()
+    assert stats["during"]["requests"] > 0
+
+
+def test_second_deploy_of_the_same_version_changes_nothing():
+    before = {h: container_ids(h) for h in APP_HOSTS}
+    res = Playbook("deploy.yml", {"app_version": "1.1.0"}).run()
+    assert res.returncode == 0, res.output[-5000:]
+    assert "0 replica(s)" in res.output
+    assert re.search(r"app1\s+:.*changed=0", res.output) and re.search(r"app2\s+:.*changed=0", res.output)
+    assert {h: container_ids(h) for h in APP_HOSTS} == before
+
+
+def test_site_yml_keeps_the_deployed_release():
+    """compose.yaml still says 1.0.0 (the inventory's default); the rollout pins keep 1.1.0."""
+    before = {h: container_ids(h) for h in APP_HOSTS}
+    res = subprocess.run(["ansible-playbook", "site.yml", "-i", "inventories/lab", "--tags", "stack"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-5000:]
+    assert versions() == all_on("1.1.0")
+    after = {h: container_ids(h) for h in APP_HOSTS}
+    for host in APP_HOSTS:
+        api = [c for c in before[host] if c in after[host]]
+        assert len(api) >= 2, "site.yml recreated the API replicas on %s" % host
+
+
+def test_rolling_restart_under_load(load):
+    before = {h: container_ids(h) for h in APP_HOSTS}
+    res = Playbook("rolling_restart.yml", {}).run()
+    finish_load(load)
+    assert res.returncode == 0, res.output[-6000:]
+    assert versions() == all_on("1.1.0")
+    after = {h: container_ids(h) for h in APP_HOSTS}
+    for host in APP_HOSTS:
+        assert len(set(after[host]) - set(before[host])) == 2, "both API replicas recreated on %s" % host
+    no_backend_down()
+
+
+@pytest.mark.parametrize("tag, why", [
+    ("1.1.0-unhealthy", r"health unhealthy|deadline"),
+    ("1.1.0-exits", r"exited"),
+    ("1.1.0-probefail", r"http://127\.0\.0\.1:800\d/health.*status 500"),
+])
+def test_broken_release_touches_only_the_canary(load, tag, why):
+    app2_before = container_ids("app2")
+    res = Playbook("deploy.yml", {"keelson_deploy_image": "%s/demo-api:%s" % (registry(), tag)}).run()
+    finish_load(load)
+    assert res.returncode != 0, res.output[-5000:]
+    assert versions() == all_on("1.1.0")
+    assert container_ids("app2") == app2_before, "app2 was touched"
+    rid = run_id(res.output)
+    assert record_of("app2", rid) is None
+    record = record_of("app1", rid)
+    assert record["outcome"] == "rolled_back", record
+    assert re.search(why, record["reason"]), record["reason"]
+    failed = [r for r in record["replicas"] if r["outcome"] == "restored"]
+    assert failed and failed[0]["name"] == "api-1"
+    gate = failed[0]["gate"]
+    print("%s: detected after %.1f s (%s)" % (tag, gate["total_seconds"], gate["reason"][:120]))
+    assert "rolled back" in res.output or "runs what it ran before" in res.output
+    no_backend_down()
+
+
+def test_rollback_returns_to_the_previous_release(load):
+    res = Playbook("rollback.yml", {}).run()
+    finish_load(load)
+    assert res.returncode == 0, res.output[-6000:]
+    assert versions() == all_on("1.0.0")
+    no_backend_down()
+
+
+def test_late_failure_rolls_every_host_back(load):
+    """The canary (app1) breaks inside the monitoring window that follows batch 2: app2
+    was already on 1.1.0, and both end on 1.0.0."""
+    proc = Playbook("deploy.yml", {"app_version": "1.1.0", "keelson_rollout_monitor_seconds": 25}).start()
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            recs = [r for r in records("app2") if r["outcome"] == "in_progress"]
+            if recs and any(s["outcome"] == "replaced" for s in recs[-1]["replicas"]):
+                break
+            time.sleep(1)
+        assert proc.poll() is None, proc.stdout.read()[-5000:]
+        # batch 2 is under way: make the canary's first replica fail its health checks
+        on("app1", "docker", "exec", "demo-api-1-1", "touch", "/tmp/demo-fail")
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    finish_load(load)
+    assert proc.returncode != 0, output[-5000:]
+    assert "monitoring window" in output, output[-5000:]
+    assert versions() == all_on("1.0.0")
+    rid = run_id(output)
+    for host in APP_HOSTS:
+        assert record_of(host, rid)["outcome"] == "rolled_back"
+    no_backend_down()
+
+
+def test_a_second_deploy_fails_fast_naming_the_holder():
+    first = Playbook("deploy.yml", {"app_version": "1.1.0"}).start()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and first.poll() is None:
+            if subprocess.run(["docker", "exec", "keelson-lab-app1", "test", "-s", LOCK]).returncode == 0:
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, first.stdout.read()[-5000:]
+        started = time.monotonic()
+        second = Playbook("deploy.yml", {"app_version": "1.1.0"}).run()
+        took = time.monotonic() - started
+        assert second.returncode != 0
+        assert re.search(r"held by .*deploy", second.output), second.output[-3000:]
+        print("second deploy refused after %.1f s (whole ansible-playbook run)" % took)
+        output, _ = first.communicate(timeout=900)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0, output[-5000:]
+    assert versions() == all_on("1.1.0")
+
+
+def test_controller_killed_mid_rollout_then_rerun(load):
+    """kill -9 of ansible-playbook while app1's first replica is being replaced; the rerun
+    (waiting out the dead run's lock, whose ttl is short here) ends all-new, nothing down."""
+    extra = {"app_version": "1.0.0", "keelson_rollout_lock_ttl": 20}
+    proc = Playbook("deploy.yml", extra).start()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            recs = [r for r in records("app1") if r["outcome"] == "in_progress"]
+            if recs and recs[-1]["replicas"]:
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.stdout.read()[-5000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    rerun = Playbook("deploy.yml", dict(extra, keelson_rollout_lock_wait=120)).run()
+    finish_load(load)
+    assert rerun.returncode == 0, rerun.output[-6000:]
+    assert "took over a stale lock" in rerun.output
+    assert versions() == all_on("1.0.0")
+    no_backend_down()
