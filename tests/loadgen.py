@@ -5,14 +5,22 @@ reads, item creations and slow requests to the demo API (usually through
 nginx) while a rolling deploy runs. Every request becomes a Sample; summary()
 splits them into named time windows and counts non-2xx answers and socket
 errors separately. Standard library only, so the lab and CI need nothing extra.
+
+Servers such as nginx close idle keep-alive connections (on a reload, say), and
+clients like curl and browsers retry a request that hit one; so does this one:
+a request that fails on a reused connection before any byte of the answer
+arrived is sent once more on a fresh connection and counted as a stale
+keep-alive retry, and as a socket error only if that second attempt fails too.
 """
 import argparse
 import collections
+import functools
 import http.client
 import itertools
 import json
 import math
 import random
+import socket
 import ssl
 import sys
 import threading
@@ -27,12 +35,22 @@ DEFAULT_MIX = {"get": 70, "post": 20, "slow": 10}
 # refused port records a handful of errors rather than spinning on the CPU.
 ERROR_PAUSE = 0.05
 
+# What a keep-alive connection the server has already closed looks like when
+# the next request is sent on it (RemoteDisconnected is a ConnectionResetError).
+# Over TLS, writing to it can also raise SSLEOFError (seen when a POST body
+# follows its headers), and SSLZeroReturnError once the server sent close_notify.
+STALE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+                ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
 
 @dataclass(frozen=True)
 class Sample:
     """One request. `kind` is get, post, slow, or version (a get sent before
     this Load created any item). `error` is set when the request raised, in
-    which case `status` may still hold a status read before the failure."""
+    which case `status` may still hold a status read before the failure.
+    `stale_retry` is set when the request was first sent on a reused
+    connection the server had closed, then sent again on a fresh one: status,
+    error and upstream are the second attempt's, latency covers both."""
     kind: str
     path: str
     start: float
@@ -41,8 +59,9 @@ class Sample:
     error: Optional[str]
     latency: float
     upstream: Optional[str]
-    reused: bool  # sent on a connection that had already served a request
+    reused: bool  # (first) sent on a connection that had already served a request
     worker: int
+    stale_retry: bool = False
 
     @property
     def ok(self):
@@ -73,6 +92,7 @@ def summarize(samples, windows):
             "requests": len(inside),
             "non_2xx": len(non_2xx),
             "socket_errors": len(failed),
+            "stale_retries": sum(s.stale_retry for s in inside),
             "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99),
             "max_ms": max(latencies) if latencies else None,
@@ -91,6 +111,8 @@ def summary_line(name, stats):
     line = "%s: %d requests, %d non-2xx, %d socket errors, p50 %s, p99 %s, max %s" % (
         name, stats["requests"], stats["non_2xx"], stats["socket_errors"],
         ms(stats["p50_ms"]), ms(stats["p99_ms"]), ms(stats["max_ms"]))
+    if stats.get("stale_retries"):
+        line += ", %d stale keep-alive retries" % stats["stale_retries"]
     details = ["%s x%d" % item for item in sorted(stats.get("statuses", {}).items())]
     details += ["%s x%d" % item for item in sorted(stats.get("errors", {}).items())]
     if details:
@@ -98,11 +120,34 @@ def summary_line(name, stats):
     return line
 
 
+class _Progress:
+    """Per connection: whether any byte of the current answer has arrived."""
+    answered = False
+
+
+class _Response(http.client.HTTPResponse):
+    """Peeks before parsing, so that a failure can be told apart from a
+    connection that gave no answer at all (which alone may be retried)."""
+
+    def __init__(self, sock, *args, progress, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self._progress = progress
+
+    def begin(self):
+        if self.headers is None and self.fp.peek(1):
+            self._progress.answered = True
+        super().begin()
+
+
+def _connect_to(address, host_port, *args, **kwargs):
+    return socket.create_connection((address, host_port[1]), *args, **kwargs)
+
+
 class Load:
     """Background load against base_url; start(), mark(), stop(), summary()."""
 
     def __init__(self, base_url, ca_file=None, host_header=None, workers=8, mix=None,
-                 slow_ms=300, timeout=15, rate=None):
+                 slow_ms=300, timeout=15, rate=None, connect_to=None):
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError("base_url must be http(s)://host[:port][/prefix]: %r" % base_url)
@@ -117,6 +162,8 @@ class Load:
         self.slow_ms = slow_ms
         self.timeout = timeout
         self.rate = rate
+        # like curl --connect-to: TCP to this address, TLS and Host still the URL's name
+        self.connect_to = connect_to
         self.marks = {}
         self._scheme, self._host, self._port = url.scheme, url.hostname, url.port
         self._prefix = url.path.rstrip("/")
@@ -179,9 +226,15 @@ class Load:
 
     def _connect(self):
         if self._scheme == "https":
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
                                                context=self._ssl)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        if self.connect_to:
+            conn._create_connection = functools.partial(_connect_to, self.connect_to)
+        conn.progress = _Progress()
+        conn.response_class = functools.partial(_Response, progress=conn.progress)
+        return conn
 
     def _worker(self, index):
         rng = random.Random()
@@ -234,14 +287,22 @@ class Load:
         # http.client drops its socket when the server asked to close, and
         # reopens on the next request; sock tells whether this one is reused.
         reused = conn.sock is not None
+        stale_retry = False
         status = error = upstream = None
         data = b""
         start = time.time()
         began = time.perf_counter()
         try:
-            conn.request("POST" if body is not None else "GET", self._prefix + path,
-                         body=body, headers=headers)
-            response = conn.getresponse()
+            try:
+                response = self._send(conn, path, body, headers)
+            except STALE_ERRORS:
+                if not reused or conn.progress.answered:
+                    raise
+                # The server closed the idle connection and never saw the
+                # request: send it again, once, on a fresh connection.
+                conn.close()
+                stale_retry = True
+                response = self._send(conn, path, body, headers)
             status = response.status
             upstream = response.getheader("X-Upstream")
             data = response.read()
@@ -251,10 +312,16 @@ class Load:
 
         sample = Sample(kind=kind, path=path, start=start, end=start + latency, status=status,
                         error=error, latency=latency, upstream=upstream, reused=reused,
-                        worker=worker)
+                        worker=worker, stale_retry=stale_retry)
         if kind == "post" and sample.ok:
             self._remember_id(data)
         return sample
+
+    def _send(self, conn, path, body, headers):
+        conn.progress.answered = False
+        conn.request("POST" if body is not None else "GET", self._prefix + path,
+                     body=body, headers=headers)
+        return conn.getresponse()
 
     def _remember_id(self, data):
         try:

@@ -12,148 +12,22 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import GENERATED, INVENTORY, ROOT
-
-sys.path.insert(0, str(ROOT / "tests"))
-from loadgen import Load, summary_line  # noqa: E402
-
-APP_HOSTS = ["app1", "app2"]
-REPLICAS = ["api-1", "api-2"]
-PROJECT_DIR = "/opt/keelson/stacks/demo"
-LOCK = "/opt/keelson/locks/lab.lock"
-CA = ROOT / ".cache" / "pki" / "lab" / "ca.crt"
-EDGE_NAME = "lb1.lab.keelson.test"
-EDGE_ADDRESS = "172.30.77.11"
-# Shorter than the defaults so the file runs in minutes; the logic is the same.
-FAST = {
-    "keelson_rollout_gate_interval": 0.5,
-    "keelson_rollout_gate_stable_seconds": 4,
-    "keelson_rollout_gate_timeout": 45,
-    "keelson_rollout_monitor_seconds": 8,
-    "keelson_rollout_monitor_interval": 0.5,
-    "keelson_rollout_stop_grace_period": 15,
-}
-
-
-def registry():
-    return yaml.safe_load(GENERATED.read_text())["keelson_registry"]
-
-
-def on(host, *argv, check=True, timeout=120):
-    res = subprocess.run(["docker", "exec", "keelson-lab-" + host, *argv], capture_output=True, text=True,
-                         timeout=timeout)
-    if check and res.returncode:
-        raise AssertionError("%s: %s\n%s%s" % (host, " ".join(argv), res.stdout, res.stderr))
-    return res.stdout
-
-
-def versions():
-    """{host: {replica: DEMO_VERSION of the running container}}."""
-    out = {}
-    for host in APP_HOSTS:
-        out[host] = {}
-        for replica in REPLICAS:
-            env = json.loads(on(host, "docker", "inspect", "-f", "{{json .Config.Env}}", "demo-%s-1" % replica))
-            state = on(host, "docker", "inspect", "-f", "{{.State.Health.Status}}", "demo-%s-1" % replica).strip()
-            version = [e.split("=", 1)[1] for e in env if e.startswith("DEMO_VERSION=")][0]
-            out[host][replica] = version if state == "healthy" else "%s (%s)" % (version, state)
-    return out
-
-
-def all_on(version):
-    return {host: {replica: version for replica in REPLICAS} for host in APP_HOSTS}
-
-
-def container_ids(host):
-    return on(host, "docker", "ps", "-q", "--no-trunc", "--filter", "label=com.docker.compose.project=demo").split()
-
-
-def records(host):
-    out = on(host, "sh", "-c", "cat %s/releases/*.json 2>/dev/null || true" % PROJECT_DIR)
-    docs = [json.loads(d) for d in re.findall(r"^\{.*?^\}", out, re.M | re.S)] if out.strip() else []
-    return sorted((d for d in docs if d.get("kind") == "rollout"), key=lambda d: d["started_at"])
-
-
-def record_of(host, run_id):
-    found = [r for r in records(host) if r["id"] == "%s-%s" % (run_id, host)]
-    return found[0] if found else None
-
-
-def upstream_file():
-    return on("lb1", "cat", "/etc/nginx/keelson/upstreams/api.conf")
-
-
-def run_id(output):
-    found = re.findall(r"run (\d{8}T\d{6}Z-\w+)", output)
-    assert found, output[-3000:]
-    return found[0]
-
-
-class Playbook:
-    def __init__(self, name, extra, check=False):
-        fd, self.vars_file = tempfile.mkstemp(prefix="keelson-rollout-", suffix=".json")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(dict(FAST, keelson_rollout_audit_log=str(AUDIT), **extra), handle)
-        self.argv = ["ansible-playbook", "-i", str(INVENTORY), str(ROOT / "playbooks" / name),
-                     "-e", "@" + self.vars_file] + (["--check"] if check else [])
-        self.env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                        ANSIBLE_FORCE_COLOR="0")
-
-    def run(self, timeout=900):
-        try:
-            res = subprocess.run(self.argv, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
-        finally:
-            os.unlink(self.vars_file)
-        res.output = res.stdout + res.stderr
-        return res
-
-    def start(self):
-        # its own process group, so a test can kill -9 the controller and its workers
-        return subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-AUDIT = Path(tempfile.gettempdir()) / ("keelson-it-audit-%d.log" % os.getpid())
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rollout_lab import (  # noqa: E402
+    APP_HOSTS, AUDIT, LOCK, PROJECT_DIR, ROOT, Playbook, all_on, container_ids, finish_load, no_backend_down, on,
+    record_of, records, registry, run_id, start_load, versions)
 
 
 @pytest.fixture
 def load():
-    """Constant HTTPS load through nginx on lb1 while the test runs: GET, POST (writes to
-    PostgreSQL) and 10% slow requests. The test must stop it and check the counts."""
-    assert CA.exists(), "the lab's internal CA is made by site.yml: %s" % CA
-    generator = Load("https://%s" % EDGE_NAME, ca_file=str(CA), connect_to=EDGE_ADDRESS, workers=6, slow_ms=400)
-    generator.start()
-    time.sleep(3)  # a baseline before the rollout starts
-    generator.mark("roll_start")
+    generator = start_load()
     yield generator
-    generator.stop()
-
-
-def finish_load(load):
-    end = load.mark("roll_end")
-    time.sleep(2)
-    load.stop()
-    marks = load.marks
-    stats = load.summary({"before": (marks["start"], marks["roll_start"]),
-                          "during": (marks["roll_start"], end)})
-    for name in ("before", "during"):
-        print(summary_line(name, stats[name]))
-    during = stats["during"]
-    assert during["requests"] > 50, during
-    assert during["non_2xx"] == 0 and during["socket_errors"] == 0, during
-    return stats
-
-
-def no_backend_down():
-    text = upstream_file()
-    assert " down" not in text, text
+    generator.stop()  # a no-op after finish_load
 
 
 def test_check_mode_prints_the_plan_and_changes_nothing():

@@ -1,0 +1,70 @@
+"""Rolling restart and deploy of the demo API (2 app hosts x 2 replicas) under constant
+HTTPS load through nginx on lb1. Prints, per rollout: requests, non-2xx, socket errors,
+p50/p99 before vs during, the total roll time, and its ratio to the sum of the replicas'
+boot-to-healthy times (from the release records, measured in the same run; goal <= 1.5).
+
+The roll time is the span of the release records: from the first replica's replacement
+(right after its drain) to the records' close at the end of the run, so it includes
+the nginx steps between replicas and the batch handover; the monitoring window is off
+here (a deliberate wait, not rolling work). Small size: a rolling
+restart. Full size: a restart, a deploy to the other version and a deploy back, with
+more load workers. Errors must be 0; the timing figures are printed, never asserted."""
+import datetime
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rollout_lab import (  # noqa: E402
+    APP_HOSTS, Playbook, finish_load, record_of, run_id, start_load, versions)
+
+PLANS = {
+    "small": {"workers": 4, "runs": [("rolling_restart.yml", {})]},
+    "full": {"workers": 8, "runs": [("rolling_restart.yml", {}), ("deploy.yml", {"app_version": "1.1.0"}),
+                                    ("deploy.yml", {"app_version": "1.0.0"})]},
+}
+# Production-like gate (10 s stable window), no monitoring window.
+SETTINGS = {"keelson_rollout_monitor_seconds": 0, "keelson_rollout_gate_interval": 0.5,
+            "keelson_rollout_gate_stable_seconds": 10}
+
+
+def epoch(iso):
+    return datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def pytest_generate_tests(metafunc):
+    if "run" in metafunc.fixturenames:
+        runs = PLANS[metafunc.config.getoption("--bench-size")]["runs"]
+        metafunc.parametrize("run", runs, ids=["%s-%s" % (p.split(".")[0], e.get("app_version", "same"))
+                                                for p, e in runs])
+
+
+def test_rollout_under_load(bench_size, run):
+    playbook, extra = run
+    load = start_load(workers=PLANS[bench_size["name"]]["workers"], baseline=10)
+    started = time.time()
+    res = Playbook(playbook, dict(SETTINGS, **extra)).run()
+    wall = time.time() - started
+    stats = finish_load(load)
+    assert res.returncode == 0, res.output[-6000:]
+    rid = run_id(res.output)
+    steps, spans = [], []
+    for host in APP_HOSTS:
+        record = record_of(host, rid)
+        assert record and record["outcome"] == "succeeded", record
+        steps += record["replicas"]
+        spans.append((epoch(record["started_at"]), epoch(record["finished_at"])))
+    boot = sum(s["boot_to_healthy_seconds"] for s in steps)
+    per_replica = sum(s["seconds"] for s in steps)
+    roll = max(end for _, end in spans) - min(start for start, _ in spans)
+    before, during = stats["before"], stats["during"]
+    print("\n%s (%s): %d replicas, versions now %s" % (playbook, bench_size["name"], len(steps),
+                                                     sorted({v for h in versions().values() for v in h.values()})))
+    print("  load before: %d req, p50 %.1f ms, p99 %.1f ms | during: %d req, %d non-2xx, %d socket errors, "
+          "p50 %.1f ms, p99 %.1f ms" % (before["requests"], before["p50_ms"], before["p99_ms"], during["requests"],
+                                        during["non_2xx"], during["socket_errors"], during["p50_ms"],
+                                        during["p99_ms"]))
+    print("  roll time %.1f s (playbook wall %.1f s), replica steps %.1f s, boot-to-healthy sum %.1f s: "
+          "ratio roll/boot %.2f (goal <= 1.5), playbook wall/boot %.2f"
+          % (roll, wall, per_replica, boot, roll / boot, wall / boot))
+    assert during["non_2xx"] == 0 and during["socket_errors"] == 0
