@@ -148,3 +148,35 @@ def no_backend_down():
     assert " down" not in text, text
 
 
+
+
+def _epoch(iso):
+    import datetime
+    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def requests_while_replaced(run, since):
+    """nginx access-log entries on lb1 (JSON, time_iso8601 to the second) of requests that
+    certainly started while a replica of this run was out of nginx (from its replacement's
+    start to its gate passing, per the release record) and were still sent to it."""
+    windows = []
+    for host in APP_HOSTS:
+        record = record_of(host, run) or {"replicas": []}
+        address = "172.30.77.%d" % {"app1": 21, "app2": 22}[host]
+        for step in record["replicas"]:
+            end = _epoch(step["at"])
+            windows.append(("%s:%d" % (address, step["port"]), end - step["seconds"], end))
+    bad = []
+    for line in on("lb1", "cat", "/var/log/nginx/access.log").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        logged = _epoch(entry["time"])
+        if logged < since:
+            continue
+        earliest, latest = logged - entry["request_time"], logged + 1 - entry["request_time"]
+        for backend, start, end in windows:
+            if backend in entry["upstream_addr"] and earliest > start + 1 and latest < end - 1:
+                bad.append((backend, entry["time"], entry["request"], entry["upstream_addr"]))
+    return bad

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rollout_lab import (  # noqa: E402
     APP_HOSTS, AUDIT, LOCK, PROJECT_DIR, ROOT, Playbook, all_on, container_ids, finish_load, no_backend_down, on,
-    record_of, records, registry, run_id, start_load, versions)
+    record_of, records, registry, requests_while_replaced, run_id, start_load, versions)
 
 
 @pytest.fixture
@@ -56,6 +56,7 @@ def test_deploy_under_load(load):
     assert audit["run"] == rid and audit["outcome"] == "succeeded" and audit["hosts"] == APP_HOSTS
     no_backend_down()
     assert stats["during"]["requests"] > 0
+    assert requests_while_replaced(rid, load.marks["start"]) == []
 
 
 def test_second_deploy_of_the_same_version_changes_nothing():
@@ -90,6 +91,7 @@ def test_rolling_restart_under_load(load):
     for host in APP_HOSTS:
         assert len(set(after[host]) - set(before[host])) == 2, "both API replicas recreated on %s" % host
     no_backend_down()
+    assert requests_while_replaced(run_id(res.output), load.marks["start"]) == []
 
 
 @pytest.mark.parametrize("tag, why", [

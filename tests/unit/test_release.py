@@ -174,6 +174,21 @@ def test_plan_without_digest_compares_references_and_restart_touches_all():
         rollout_plan(["app1"], replicas, current, "deploy")
 
 
+def test_plan_with_host_answers_and_per_host_targets():
+    """compose_rollout in check mode compares image IDs: its answer beats the references
+    (a replica pinned by digest runs the tag's image); a rollback has a target per host."""
+    replicas = [{"name": "api-1", "port": 8001}, {"name": "api-2", "port": 8002}]
+    current = {h: {"api-1": {"image": OLD}, "api-2": {"image": OLD}} for h in ("app1", "app2")}
+    plan = rollout_plan(["app1", "app2"], replicas, current, "deploy", "demo-api:1.0.0",
+                        changes={"app1": {"api-1": False, "api-2": False}, "app2": {"api-1": True}})
+    assert plan["unchanged_hosts"] == ["app1"] and plan["replicas_to_change"] == 2
+    rollback = rollout_plan(["app1", "app2"], replicas, current, "deploy",
+                            targets={"app1": {"api-1": NEW, "api-2": NEW}, "app2": {"api-1": OLD, "api-2": OLD}})
+    assert rollback["unchanged_hosts"] == ["app2"]
+    assert [s["to"] for s in rollback["hosts"]["app1"]["replicas"]] == [NEW, NEW]
+    assert plan_lines(rollback)[0] == "deploy to per-host images: 2 replica(s) in 2 batch(es)"
+
+
 def test_plan_through_ansible(tmp_path):
     """The filter as a playbook calls it, with compose_rollout status output as input."""
     root = Path(__file__).resolve().parents[2]
