@@ -217,7 +217,8 @@ def replace_replica(project, service, port, target, gate, grace=30, pull=True, s
 def _gate(project, service, port, gate, runner):
     current = project.current(service)
     probes = default_probes(current["container"], port, gate.get("health_path", "/health"),
-                            gate.get("status") or [200]) + list(gate.get("extra_probes") or [])
+                            gate.get("status") or [200], gate.get("health_address") or "127.0.0.1")
+    probes += list(gate.get("extra_probes") or [])
     kwargs = {}
     if runner is not None:
         kwargs["runner"] = runner

@@ -19,7 +19,7 @@ description:
   - "O(action=deploy) and O(action=restart) act on one replica (O(replica)): note the running image,
     stop the container gracefully (C(docker compose stop -t) O(stop_grace_period): the service's stop
     signal, SIGTERM by default, then SIGKILL), pin the image in C(compose.rollout.yaml) next to the
-    compose file, recreate the replica, and gate it: Docker health and C(http://127.0.0.1:PORT)O(health_path)
+    compose file, recreate the replica, and gate it: Docker health and C(http://)O(health_address)C(:PORT)O(health_path)
     must pass O(gate_consecutive) times in a row, over at least O(gate_stable_seconds), within O(gate_timeout) (the C(health_gate) logic).
     O(action=restart) recreates on the running image."
   - On a failed gate the new container is stopped, the previous image (pinned by digest or image ID)
@@ -83,8 +83,14 @@ options:
     description: Seconds between the stop signal and SIGKILL.
     type: int
     default: 30
+  health_address:
+    description:
+      - Address the replica's published port is probed on, from the app host. The port's bind address when it is
+        published on one address only (the compose_stack role binds to the host's private address).
+    type: str
+    default: 127.0.0.1
   health_path:
-    description: Path probed on C(http://127.0.0.1:PORT) of the replica.
+    description: Path probed on C(http://HEALTH_ADDRESS:PORT) of the replica.
     type: str
     default: /health
   health_status:
@@ -282,6 +288,7 @@ def main():
             image=dict(type="str"),
             pull=dict(type="bool", default=True),
             stop_grace_period=dict(type="int", default=30),
+            health_address=dict(type="str", default="127.0.0.1"),
             health_path=dict(type="str", default="/health"),
             health_status=dict(type="list", elements="int", default=[200]),
             extra_probes=dict(type="list", elements="dict", default=[]),
@@ -366,7 +373,8 @@ def main():
 
     gate = {"consecutive": p["gate_consecutive"], "interval": p["gate_interval"], "timeout": p["gate_timeout"],
             "stable_seconds": p["gate_stable_seconds"],
-            "health_path": p["health_path"], "status": p["health_status"], "extra_probes": p["extra_probes"]}
+            "health_path": p["health_path"], "health_address": p["health_address"], "status": p["health_status"],
+            "extra_probes": p["extra_probes"]}
     try:
         step = replace_replica(compose, p["replica"], ports[p["replica"]], target, gate,
                                grace=p["stop_grace_period"], pull=p["pull"], save=save)
