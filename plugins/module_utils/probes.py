@@ -103,7 +103,9 @@ def tcp_probe(probe):
 
 def docker_probe(probe, client=None):
     """Docker's own view of the container: running, and healthy when it has a healthcheck.
-    ``unhealthy`` and a stopped container are fatal: Docker already retried."""
+    ``unhealthy``, a stopped container and one its restart policy is restarting are fatal:
+    Docker already retried, or the process died. With ``max_restarts`` (the rollout gate
+    sets 0 for a container it has just created), more restarts than that are fatal too."""
     import docker  # the Docker SDK; imported here so HTTP/TCP probes work without it
     from docker.errors import DockerException, NotFound
 
@@ -118,7 +120,11 @@ def docker_probe(probe, client=None):
     state = container.attrs.get("State", {})
     if state.get("Status") != "running":
         return Outcome(False, "container %s (exit code %s)" % (state.get("Status"), state.get("ExitCode")),
-                       fatal=state.get("Status") in ("exited", "dead"))
+                       fatal=state.get("Status") in ("exited", "dead", "restarting"))
+    restarts = container.attrs.get("RestartCount") or 0
+    if probe.get("max_restarts") is not None and restarts > probe["max_restarts"]:
+        return Outcome(False, "container restarted %d time(s) (last exit code %s)" % (restarts, state.get("ExitCode")),
+                       fatal=True)
     health = state.get("Health")
     if health is None:
         if probe.get("require_healthcheck", True):

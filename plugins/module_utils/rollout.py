@@ -142,8 +142,9 @@ class ComposeProject:
 
 def default_probes(container, port, health_path, status, address="127.0.0.1"):
     return [
+        # a container created for this gate that has already restarted has crashed
         {"type": "docker", "name": "docker health of %s" % container, "container": container,
-         "require_healthcheck": False, "timeout": 5},
+         "require_healthcheck": False, "max_restarts": 0, "timeout": 5},
         {"type": "http", "name": "http %s:%d%s" % (address, port, health_path),
          "url": "http://%s:%d%s" % (address, port, health_path), "status": status, "timeout": 2},
     ]
