@@ -123,7 +123,7 @@ def docker_probe(probe, client=None):
                        fatal=state.get("Status") in ("exited", "dead", "restarting"))
     restarts = container.attrs.get("RestartCount") or 0
     if probe.get("max_restarts") is not None and restarts > probe["max_restarts"]:
-        return Outcome(False, "container restarted %d time(s) (last exit code %s)" % (restarts, state.get("ExitCode")),
+        return Outcome(False, "container restarted %d time(s) since it was created: its process exited" % restarts,
                        fatal=True)
     health = state.get("Health")
     if health is None:

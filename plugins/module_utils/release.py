@@ -147,6 +147,12 @@ def _images_before(record):
                 if s.get("old_pinned") or s.get("old_image"))
 
 
+def interrupted_records(records, exclude_id=None):
+    """IDs of records still ``in_progress``: runs that died before closing them (read
+    under the deploy lock, so no live run is writing one), oldest first."""
+    return [r["id"] for r in records if r.get("outcome") == "in_progress" and r.get("id") != exclude_id]
+
+
 def rollback_target(records, running, service=None, record_id=None):
     """What a rollback returns to. The deploy records, oldest first, give the history
     of releases: what each deploy replaced ("before") and, if it succeeded, what it left

@@ -204,6 +204,13 @@ last_good:
   type: dict
   sample: {"record": "20270115T080000Z-app1", "finished_at": "2027-01-15T08:03:10Z",
            "images": {"api-1": "172.30.77.42:5000/demo-api@sha256:9c...", "api-2": "172.30.77.42:5000/demo-api@sha256:9c..."}}
+interrupted:
+  description:
+    - With O(action=status), the IDs of release records still C(in_progress) (other than O(record_id)) - runs that
+      died before closing them, when read under the deploy lock. The rollout playbooks close them as C(failed).
+  returned: when action is status
+  type: list
+  elements: str
 rollback_target:
   description:
     - With O(action=status), what C(rollback.yml) returns to, from the deploy records - right after a deploy, the images
@@ -263,8 +270,8 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
-    append_audit, finish_record, last_good_release, load_record, load_records, new_record, record_path,
-    rollback_target, save_replica_step, utc_iso)
+    append_audit, finish_record, interrupted_records, last_good_release, load_record, load_records, new_record,
+    record_path, rollback_target, save_replica_step, utc_iso)
 from ansible_collections.keelson.stack.plugins.module_utils.rollout import (
     ComposeProject, RolloutError, replace_replica)
 
@@ -346,6 +353,7 @@ def main():
         running = dict((s["service"], s.get("pinned") or s.get("image")) for s in states if s.get("image"))
         module.exit_json(changed=False, replicas=states,
                          last_good=last_good_release(records, p["service"] or None, p["record_id"]),
+                         interrupted=interrupted_records(records, p["record_id"]),
                          rollback_target=rollback_target(records, running, p["service"] or None))
 
     if p["replica"] not in ports:

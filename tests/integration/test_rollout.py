@@ -96,7 +96,7 @@ def test_rolling_restart_under_load(load):
 
 @pytest.mark.parametrize("tag, why", [
     ("1.1.0-unhealthy", r"health unhealthy|deadline"),
-    ("1.1.0-exits", r"exit code 3"),
+    ("1.1.0-exits", r"restarted \d+ time\(s\)|exit code 3"),
     ("1.1.0-probefail", r"http [\d.]+:800\d/health: status 500"),
 ])
 def test_broken_release_touches_only_the_canary(load, tag, why):
@@ -180,17 +180,20 @@ def test_a_second_deploy_fails_fast_naming_the_holder():
 
 def test_controller_killed_mid_rollout_then_rerun(load):
     """kill -9 of ansible-playbook while app1's first replica is being replaced; the rerun
-    (waiting out the dead run's lock, whose ttl is short here) ends all-new, nothing down."""
+    (waiting out the dead run's lock, whose ttl is short here) ends all-new, nothing down,
+    and closes the dead run's record as failed."""
     extra = {"app_version": "1.0.0", "keelson_rollout_lock_ttl": 20}
+    known = {r["id"] for r in records("app1")}
     proc = Playbook("deploy.yml", extra).start()
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            recs = [r for r in records("app1") if r["outcome"] == "in_progress"]
-            if recs and recs[-1]["replicas"]:
+            ours = [r for r in records("app1") if r["id"] not in known and r["outcome"] == "in_progress"]
+            if ours and ours[-1]["replicas"]:
                 break
             time.sleep(0.3)
         assert proc.poll() is None, proc.stdout.read()[-5000:]
+        killed = ours[-1]["id"]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -200,3 +203,5 @@ def test_controller_killed_mid_rollout_then_rerun(load):
     assert "took over a stale lock" in rerun.output
     assert versions() == all_on("1.0.0")
     no_backend_down()
+    closed = [r for r in records("app1") if r["id"] == killed][0]
+    assert closed["outcome"] == "failed" and closed["reason"].startswith("interrupted"), closed

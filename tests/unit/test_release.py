@@ -9,7 +9,7 @@ import pytest
 
 from ansible.utils.helpers import pct_to_int
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
-    append_audit, finish_record, last_good_release, load_record, load_records, new_record, plan_lines,
+    append_audit, finish_record, interrupted_records, last_good_release, load_record, load_records, new_record, plan_lines,
     record_path, rollback_target, rollout_plan, save_replica_step, serial_batches)
 
 OLD = "172.30.77.42:5000/demo-api@sha256:" + "a" * 64
@@ -102,6 +102,7 @@ def test_rollback_target_walks_back_through_the_deploys(tmp_path):
         "record": "r1", "finished_at": r1["finished_at"], "images": both(OLD), "side": "after"}
     assert rollback_target(records, both(NEW), service="worker") is None
     assert rollback_target([], both(NEW)) is None
+    assert interrupted_records(records) == ["r6"] and interrupted_records(records, exclude_id="r6") == []
 
 
 def test_audit_lines(tmp_path):
