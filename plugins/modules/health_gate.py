@@ -103,7 +103,7 @@ options:
   watch_seconds:
     description:
       - After the gate has passed, keep running every probe each O(interval) for this many seconds (a monitoring
-        window): the task fails as soon as a probe fails O(watch_failure_threshold) times in a row, or at once when a
+        window). The task fails as soon as a probe fails O(watch_failure_threshold) times in a row, or at once when a
         container has exited or is unhealthy. V(0) ends the task when the gate passes.
     type: float
     default: 0
