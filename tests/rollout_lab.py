@@ -116,12 +116,13 @@ class Playbook:
 AUDIT = Path(tempfile.gettempdir()) / ("keelson-it-audit-%d.log" % os.getpid())
 
 
-def start_load(workers=6, baseline=3):
+def start_load(workers=6, baseline=3, rate=10):
     """Constant HTTPS load through nginx on lb1: GET, POST (writes to PostgreSQL) and
-    10% slow requests; `baseline` seconds of it before the mark "roll_start"."""
+    10% slow requests, `rate` requests/s per worker (the lab's nginx allows 100 r/s per
+    client on /items, burst 200); `baseline` seconds of it before the mark "roll_start"."""
     assert CA.exists(), "the lab's internal CA is made by site.yml: %s" % CA
     generator = Load("https://%s" % EDGE_NAME, ca_file=str(CA), connect_to=EDGE_ADDRESS, workers=workers,
-                     slow_ms=400)
+                     slow_ms=400, rate=rate)
     generator.start()
     time.sleep(baseline)
     generator.mark("roll_start")
