@@ -1,5 +1,6 @@
 """What the rollout integration tests and benchmark share: the lab's app hosts and
 demo stack, playbook runs (extra vars in a 0600 file), and HTTPS load through lb1."""
+import datetime
 import json
 import os
 import re
@@ -151,9 +152,13 @@ def no_backend_down():
 
 
 
-def _epoch(iso):
-    import datetime
+def epoch(iso):
+    """Seconds since the epoch of an ISO 8601 time (records say ...Z, nginx +00:00)."""
     return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def private_address(host):
+    return yaml.safe_load(INVENTORY.read_text())["all"]["children"]["app"]["hosts"][host]["keelson_private_address"]
 
 
 def requests_while_replaced(run, since):
@@ -163,9 +168,9 @@ def requests_while_replaced(run, since):
     windows = []
     for host in APP_HOSTS:
         record = record_of(host, run) or {"replicas": []}
-        address = "172.30.77.%d" % {"app1": 21, "app2": 22}[host]
+        address = private_address(host)
         for step in record["replicas"]:
-            end = _epoch(step["at"])
+            end = epoch(step["at"])
             windows.append(("%s:%d" % (address, step["port"]), end - step["seconds"], end))
     bad = []
     for line in on("lb1", "cat", "/var/log/nginx/access.log").splitlines():
@@ -173,7 +178,7 @@ def requests_while_replaced(run, since):
             entry = json.loads(line)
         except ValueError:
             continue
-        logged = _epoch(entry["time"])
+        logged = epoch(entry["time"])
         if logged < since:
             continue
         earliest, latest = logged - entry["request_time"], logged + 1 - entry["request_time"]

@@ -9,14 +9,13 @@ the nginx steps between replicas and the batch handover; the monitoring window i
 here (a deliberate wait, not rolling work). Small size: a rolling
 restart. Full size: a restart, a deploy to the other version and a deploy back, with
 more load workers. Errors must be 0; the timing figures are printed, never asserted."""
-import datetime
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rollout_lab import (  # noqa: E402
-    APP_HOSTS, Playbook, finish_load, record_of, run_id, start_load, versions)
+    APP_HOSTS, Playbook, epoch, finish_load, record_of, run_id, start_load, versions)
 
 PLANS = {
     "small": {"workers": 4, "runs": [("rolling_restart.yml", {})]},
@@ -26,10 +25,6 @@ PLANS = {
 # Production-like gate (10 s stable window), no monitoring window.
 SETTINGS = {"keelson_rollout_monitor_seconds": 0, "keelson_rollout_gate_interval": 0.5,
             "keelson_rollout_gate_stable_seconds": 10}
-
-
-def epoch(iso):
-    return datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def pytest_generate_tests(metafunc):

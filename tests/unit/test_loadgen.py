@@ -183,6 +183,13 @@ def all_workers_ran(load):
     return len({s.worker for s in load.results()}) == load.workers
 
 
+def ok_after_error(load, count):
+    """A request failed, then at least ``count`` requests succeeded from it on."""
+    samples = load.results()
+    failed = [i for i, s in enumerate(samples) if s.error]
+    return failed and sum(s.ok for s in samples[failed[0]:]) >= count
+
+
 def sample(start, latency=0.01, status=200, error=None, stale_retry=False):
     return Sample(kind="get", path="/version", start=start, end=start + latency,
                   status=status, error=error, latency=latency, upstream=None,
@@ -310,17 +317,12 @@ def test_abrupt_close_on_a_fresh_connection_is_a_socket_error(api, ca):
 def test_abrupt_close_is_a_socket_error_when_the_retry_fails_too(api, ca):
     load = Load(api.url, ca_file=ca, workers=1, slow_ms=5)
 
-    def ok_after_error():
-        samples = load.results()
-        failed = [i for i, s in enumerate(samples) if s.error]
-        return failed and sum(s.ok for s in samples[failed[0]:]) >= 5
-
     with load:
         wait_for(lambda: len(load.results()) >= 5)
         # The reused connection drops the request, and so does the fresh one
         # it is retried on: a dead backend is not hidden by the retry.
         api.close_next = 2
-        wait_for(ok_after_error)
+        wait_for(lambda: ok_after_error(load, 5))
     samples = load.results()
     stats = load.summary()["all"]
     assert (stats["socket_errors"], stats["non_2xx"], stats["stale_retries"]) == (1, 0, 1)
@@ -339,15 +341,10 @@ def test_reset_after_the_status_line_is_not_retried(plain_api):
     api = plain_api
     load = Load(api.url, workers=1, slow_ms=5)
 
-    def ok_after_error():
-        samples = load.results()
-        failed = [i for i, s in enumerate(samples) if s.error]
-        return failed and sum(s.ok for s in samples[failed[0]:]) >= 3
-
     with load:
         wait_for(lambda: len(load.results()) >= 5)
         api.reset_next = 1
-        wait_for(ok_after_error)
+        wait_for(lambda: ok_after_error(load, 3))
     samples = load.results()
     stats = load.summary()["all"]
     assert (stats["socket_errors"], stats["non_2xx"], stats["stale_retries"]) == (1, 0, 0)
