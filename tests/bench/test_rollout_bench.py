@@ -19,9 +19,11 @@ from rollout_lab import (  # noqa: E402
 
 PLANS = {
     "small": {"workers": 4, "runs": [("rolling_restart.yml", {})]},
-    "full": {"workers": 8, "runs": [("rolling_restart.yml", {}), ("deploy.yml", {"app_version": "1.1.0"}),
-                                    ("deploy.yml", {"app_version": "1.0.0"})]},
+    "full": {"workers": 8, "runs": [("rolling_restart.yml", "same"), ("deploy.yml", "there"),
+                                    ("deploy.yml", "back")]},
 }
+# The demo versions a deploy switches between; the lab may be on either when the bench starts.
+VERSIONS = ("1.0.0", "1.1.0")
 # Production-like gate (10 s stable window), no monitoring window.
 SETTINGS = {"keelson_rollout_monitor_seconds": 0, "keelson_rollout_gate_interval": 0.5,
             "keelson_rollout_gate_stable_seconds": 10}
@@ -30,12 +32,18 @@ SETTINGS = {"keelson_rollout_monitor_seconds": 0, "keelson_rollout_gate_interval
 def pytest_generate_tests(metafunc):
     if "run" in metafunc.fixturenames:
         runs = PLANS[metafunc.config.getoption("--bench-size")]["runs"]
-        metafunc.parametrize("run", runs, ids=["%s-%s" % (p.split(".")[0], e.get("app_version", "same"))
-                                                for p, e in runs])
+        metafunc.parametrize("run", runs, ids=["%s-%s" % (p.split(".")[0], step) for p, step in runs])
+
+
+def other_version():
+    running = {v for host in versions().values() for v in host.values()}
+    assert len(running) == 1 and running <= set(VERSIONS), running
+    return [v for v in VERSIONS if v not in running][0]
 
 
 def test_rollout_under_load(bench_size, run):
-    playbook, extra = run
+    playbook, step = run
+    extra = {} if step == "same" else {"app_version": other_version()}
     load = start_load(workers=PLANS[bench_size["name"]]["workers"], baseline=10)
     started = time.time()
     res = Playbook(playbook, dict(SETTINGS, **extra)).run()
