@@ -12,7 +12,7 @@ version_added: 0.1.0
 description:
   - Splits a list of backups into the ones to keep and the ones to delete, keeping the newest
     backup of each of the newest O(daily) days, O(weekly) ISO weeks and O(monthly) months (UTC
-    calendar buckets) that hold a backup.
+    calendar buckets) that hold a backup, and the newest O(last) backups whatever their buckets.
   - The newest backup is always kept.
   - Pure function, no I/O; the same code as M(keelson.stack.backup_prune) uses.
 options:
@@ -31,6 +31,10 @@ options:
     default: 0
   monthly:
     description: Number of monthly buckets to keep.
+    type: int
+    default: 0
+  last:
+    description: Number of newest backups to keep whatever their buckets.
     type: int
     default: 0
 """
@@ -52,9 +56,9 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retention import select_retention
 
 
-def gfs_retention(backups, daily=0, weekly=0, monthly=0):
+def gfs_retention(backups, daily=0, weekly=0, monthly=0, last=0):
     try:
-        return select_retention(backups, daily=daily, weekly=weekly, monthly=monthly)
+        return select_retention(backups, daily=daily, weekly=weekly, monthly=monthly, last=last)
     except (KeyError, TypeError, ValueError) as exc:
         raise AnsibleFilterError("gfs_retention: %s" % exc)
 

@@ -23,7 +23,7 @@ def run_prune(params, check_mode=False):
     committed, incomplete = backup_s3.list_backups(s3, bucket, prefix, database)
     selection = select_retention([{"id": i, "time": backup_s3.id_time(i)} for i in committed],
                                  daily=params["keep_daily"], weekly=params["keep_weekly"],
-                                 monthly=params["keep_monthly"])
+                                 monthly=params["keep_monthly"], last=params["keep_last"])
     if committed and committed[-1] not in selection["keep"]:
         raise RuntimeError("retention selected the newest backup for deletion")  # select_retention guarantees otherwise
 

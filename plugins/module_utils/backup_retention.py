@@ -5,7 +5,8 @@
 
 Buckets are calendar buckets in UTC: a day, an ISO week, a month. For each kind
 the newest backup of each of the newest N buckets that hold a backup is kept.
-The newest backup is always kept, whatever the policy says.
+`last` keeps the newest N backups whatever their buckets (for backups taken
+several times a day). The newest backup is always kept, whatever the policy says.
 """
 from __future__ import absolute_import, division, print_function
 
@@ -43,14 +44,14 @@ def bucket_of(kind, when):
     raise ValueError("unknown retention kind %r" % (kind,))
 
 
-def select_retention(backups, daily=0, weekly=0, monthly=0):
+def select_retention(backups, daily=0, weekly=0, monthly=0, last=0):
     """Splits backups into keep and delete.
 
     backups: iterable of dicts with 'id' and 'time' (datetime or ISO string).
     Returns {'keep': [ids newest first], 'delete': [ids newest first],
-    'reasons': {id: ['newest', 'daily 2026-11-22', ...]}}.
+    'reasons': {id: ['newest', 'last 2', 'daily 2026-11-22', ...]}}.
     """
-    counts = {"daily": daily, "weekly": weekly, "monthly": monthly}
+    counts = {"last": last, "daily": daily, "weekly": weekly, "monthly": monthly}
     for kind, count in counts.items():
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise ValueError("keep_%s must be a non-negative integer, got %r" % (kind, count))
@@ -69,6 +70,8 @@ def select_retention(backups, daily=0, weekly=0, monthly=0):
     reasons = {}
     if items:
         reasons[items[0][1]] = ["newest"]
+    for rank, (_when, backup_id) in enumerate(items[:last], start=1):
+        reasons.setdefault(backup_id, []).append("last %d" % rank)
     for kind in KINDS:
         filled = []
         for when, backup_id in items:

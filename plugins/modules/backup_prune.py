@@ -15,7 +15,8 @@ description:
     considers only backups that have a manifest. Backups without one (running or failed) are reported and
     left alone.
   - Keeps the newest backup of each of the newest O(keep_daily) days, O(keep_weekly) ISO weeks and
-    O(keep_monthly) months (UTC calendar buckets), and always the newest backup.
+    O(keep_monthly) months (UTC calendar buckets), the newest O(keep_last) backups whatever their day,
+    and always the newest backup.
   - Deletes only the objects a manifest lists, manifest first, and only keys inside that backup's own
     directory.
   - The selection is the pure function behind the C(keelson.stack.gfs_retention) filter.
@@ -50,6 +51,12 @@ options:
     description: Monthly buckets to keep.
     type: int
     default: 12
+  keep_last:
+    description:
+      - Newest backups to keep whatever their calendar bucket, for backups taken several times a day
+        (C(8) keeps two days of 6-hourly backups).
+    type: int
+    default: 0
 """
 
 EXAMPLES = r"""
@@ -77,7 +84,8 @@ delete:
   type: list
   elements: str
 reasons:
-  description: For each kept backup, why (C(newest), C(daily 2026-11-22), C(weekly 2026-W47), C(monthly 2026-11)).
+  description: >-
+    For each kept backup, why (C(newest), C(last 2), C(daily 2026-11-22), C(weekly 2026-W47), C(monthly 2026-11)).
   returned: always
   type: dict
 incomplete:
@@ -111,6 +119,7 @@ def main():
             keep_daily=dict(type="int", default=30),
             keep_weekly=dict(type="int", default=12),
             keep_monthly=dict(type="int", default=12),
+            keep_last=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )

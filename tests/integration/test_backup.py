@@ -315,7 +315,8 @@ def test_prune_stays_inside_its_exact_prefix(lab, s3, run_prefix, neighbour):
     layout = keys_under(lab, s3, run_prefix + "/prune")
     params = {"database": "app", "s3_bucket": bucket, "s3_prefix": prefix,
               "s3_endpoint_url": lab.vars["keelson_s3_endpoint_url"], "s3_access_key": lab.vars["keelson_s3_access_key"],
-              "s3_secret_key": lab.vars["keelson_s3_secret_key"], "keep_daily": 2, "keep_weekly": 0, "keep_monthly": 0}
+              "s3_secret_key": lab.vars["keelson_s3_secret_key"], "keep_daily": 1, "keep_weekly": 0, "keep_monthly": 0,
+              "keep_last": 2}
     try:
         dry = run_prune(params, check_mode=True)
         assert dry["keep"] == [ids[4], ids[3]] and dry["delete"] == [ids[2], ids[1], ids[0]]

@@ -10,7 +10,7 @@ UTC = datetime.timezone.utc
 START = datetime.datetime(2025, 10, 1, 2, 15, tzinfo=UTC)
 
 
-def reference_keep(backups, daily, weekly, monthly):
+def reference_keep(backups, daily, weekly, monthly, last=0):
     """Walks the calendar backwards one bucket at a time (days, Mondays, first
     of months) from the newest backup and keeps the newest backup found in each
     of the first N buckets that hold any backup. Independent of bucket keys."""
@@ -19,6 +19,7 @@ def reference_keep(backups, daily, weekly, monthly):
         return set()
     newest_id = max(times, key=lambda i: (times[i], i))
     keep = {newest_id}
+    keep.update(sorted(times, key=lambda i: (times[i], i), reverse=True)[:last])
     newest_day = times[newest_id].date()
     oldest_day = min(times.values()).date()
 
@@ -67,7 +68,8 @@ def history(days, rng, per_day=(1,), skip=0.0):
 
 
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("policy", [(30, 12, 12), (7, 4, 6), (0, 0, 0), (1, 0, 0), (0, 5, 0), (0, 0, 14), (400, 60, 14)])
+@pytest.mark.parametrize("policy", [(30, 12, 12), (7, 4, 6), (0, 0, 0), (1, 0, 0), (0, 5, 0), (0, 0, 14), (400, 60, 14),
+                                    (7, 4, 6, 8), (0, 0, 0, 3), (0, 0, 0, 5000)])
 def test_matches_reference_on_400_days(seed, policy):
     rng = random.Random(seed)
     backups = history(400, rng, per_day=(1, 1, 1, 2, 4), skip=0.15)
@@ -112,6 +114,14 @@ def test_iso_strings_with_zone_and_week_across_new_year():
     assert got["keep"] == ["x"]
 
 
+def test_last_keeps_the_newest_backups_of_one_day():
+    backups = [{"id": "t%02d" % hour, "time": START.replace(hour=hour)} for hour in (0, 6, 12, 18)]
+    got = select_retention(backups, daily=1, last=2)
+    assert got["keep"] == ["t18", "t12"]
+    assert got["delete"] == ["t06", "t00"]
+    assert got["reasons"] == {"t18": ["newest", "last 1", "daily 2025-10-01"], "t12": ["last 2"]}
+
+
 def test_empty_history():
     assert select_retention([], 30, 12, 12) == {"keep": [], "delete": [], "reasons": {}}
 
@@ -129,6 +139,8 @@ def test_rejects_ambiguous_input(bad):
 def test_rejects_negative_counts():
     with pytest.raises(ValueError):
         select_retention([], daily=-1)
+    with pytest.raises(ValueError):
+        select_retention([], last=-1)
 
 
 def test_filter_plugin_wraps_the_same_function():
@@ -138,5 +150,6 @@ def test_filter_plugin_wraps_the_same_function():
     gfs = FilterModule().filters()["gfs_retention"]
     backups = history(40, random.Random(3))
     assert gfs(backups, daily=7, weekly=4) == select_retention(backups, daily=7, weekly=4)
+    assert gfs(backups, last=3) == select_retention(backups, last=3)
     with pytest.raises(AnsibleFilterError):
         gfs([{"id": "a"}], daily=1)
