@@ -4,8 +4,8 @@ API, two replicas per host), under HTTPS load through nginx on lb1.
 The tests run in file order, each starting from the state the previous one left:
 1.0.0 from site.yml -> plan -> deploy 1.1.0 -> restart -> three broken releases (only
 the canary touched, rolled back) -> rollback to 1.0.0 -> a late failure (all hosts end
-on 1.0.0) -> a second deploy refused by the lock -> a controller killed mid-rollout and
-the rerun. Every rollout asserts 0 non-2xx and 0 socket errors in the load."""
+on 1.0.0) -> a second deploy refused by the lock -> a dead run's lock released by name ->
+a controller killed mid-rollout and the rerun. Every rollout asserts 0 non-2xx and 0 socket errors in the load."""
 import json
 import os
 import re
@@ -176,6 +176,32 @@ def test_a_second_deploy_fails_fast_naming_the_holder():
             os.killpg(first.pid, signal.SIGKILL)
     assert first.returncode == 0, output[-5000:]
     assert versions() == all_on("1.1.0")
+
+
+def test_a_dead_runs_lock_is_released_by_naming_it():
+    ghost = "ghost@ctl 20261123T000000Z-deploy"
+    taken = subprocess.run(
+        ["ansible", "-i", str(ROOT / "inventories" / "lab" / "hosts.yml"), "app1", "-m", "keelson.stack.deploy_lock",
+         "-a", "path=%s owner='%s' purpose='deploy api 9.9.9' ttl=3600" % (LOCK, ghost)],
+        cwd=ROOT, env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")), capture_output=True, text=True)
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    try:
+        shown = Playbook("deploy_lock.yml", {}).run()
+        assert shown.returncode == 0, shown.output[-3000:]
+        assert 'held by "%s" for deploy api 9.9.9' % ghost in shown.output, shown.output[-3000:]
+
+        wrong = Playbook("deploy_lock.yml", {"keelson_lock_release": "ghost@ctl 20261122T000000Z-deploy"}).run()
+        assert wrong.returncode != 0
+        assert "held by %s" % ghost in wrong.output, wrong.output[-3000:]
+        assert json.loads(on("app1", "cat", LOCK))["owner"] == ghost
+
+        released = Playbook("deploy_lock.yml", {"keelson_lock_release": ghost}).run()
+        assert released.returncode == 0, released.output[-3000:]
+        assert subprocess.run(["docker", "exec", "keelson-lab-app1", "test", "-e", LOCK]).returncode == 1
+        audit = [json.loads(line) for line in AUDIT.read_text().splitlines()]
+        assert audit[-1]["action"] == "release_lock" and audit[-1]["released"] == ghost and audit[-1]["was_held"]
+    finally:
+        on("app1", "rm", "-f", LOCK)
 
 
 def test_controller_killed_mid_rollout_then_rerun(load):
