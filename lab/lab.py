@@ -150,7 +150,8 @@ def ensure_apt_cache():
 
 
 def ensure_engine():
-    apt_install(["docker.io", "debootstrap", "iptables", "runc", "containerd"])
+    # openssh-client: tests/integration/test_ssh_guard.py
+    apt_install(["docker.io", "debootstrap", "iptables", "runc", "containerd", "openssh-client"])
     if not docker_answers():
         if shutil.which("systemctl") and Path("/run/systemd/system").is_dir():
             run(["systemctl", "start", "docker"])
