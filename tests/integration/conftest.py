@@ -3,6 +3,7 @@ generated variables, commands on lab hosts, the S3 server, playbook runs, and a
 database with known tables and row counts created here (not the demo app's)."""
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -51,11 +52,12 @@ class Lab:
         db_hosts = inventory["all"]["children"]["db"]["hosts"]
         self.db_host = sorted(db_hosts)[0]
         self.db_container = db_hosts[self.db_host]["ansible_host"]
+        self.db_address = db_hosts[self.db_host]["keelson_private_address"]
 
-    def sh(self, script, check=True, user=None, timeout=600):
-        """Runs a shell script on the db host; returns CompletedProcess."""
+    def sh(self, script, check=True, user=None, timeout=600, input=None):
+        """Runs a shell script on the db host (``input`` on its stdin); returns CompletedProcess."""
         argv = ["docker", "exec", "-i"] + (["-u", user] if user else []) + [self.db_container, "sh", "-c", script]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
         if check and res.returncode != 0:
             raise AssertionError("on %s: %s\n%s%s" % (self.db_container, script, res.stdout, res.stderr))
         return res
@@ -79,7 +81,8 @@ class Lab:
                             config=Config(s3={"addressing_style": "path"}))
 
     def playbook(self, name, extra_vars, verbose=False, background=False):
-        """ansible-playbook with extra vars passed in a 0600 file (never argv).
+        """ansible-playbook on the db host with extra vars passed in a 0600 file (never argv).
+        name: a playbook in playbooks/, or an absolute path.
         Returns CompletedProcess, or (Popen, vars_file) when background."""
         fd, path = tempfile.mkstemp(prefix="keelson-it-", suffix=".json")
         with os.fdopen(fd, "w") as handle:
@@ -98,6 +101,12 @@ class Lab:
             os.unlink(path)
         res.output = res.stdout + res.stderr
         return res
+
+
+def recap(output):
+    """{host: {ok: N, changed: N, ...}} from a playbook's PLAY RECAP."""
+    return {m.group(1): {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+            for m in re.finditer(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M)}
 
 
 @pytest.fixture(scope="session")

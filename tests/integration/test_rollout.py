@@ -19,8 +19,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rollout_lab import (  # noqa: E402
-    APP_HOSTS, AUDIT, LOCK, PROJECT_DIR, ROOT, Playbook, all_on, container_ids, finish_load, no_backend_down, on,
-    record_of, records, registry, requests_while_replaced, run_id, start_load, versions)
+    APP_HOSTS, AUDIT, INVENTORY, LOCK, PROJECT_DIR, ROOT, Playbook, all_on, container_ids, finish_load,
+    no_backend_down, on, record_of, records, registry, requests_while_replaced, run_id, start_load, versions)
 
 
 @pytest.fixture
@@ -181,7 +181,7 @@ def test_a_second_deploy_fails_fast_naming_the_holder():
 def test_a_dead_runs_lock_is_released_by_naming_it():
     ghost = "ghost@ctl 20261123T000000Z-deploy"
     taken = subprocess.run(
-        ["ansible", "-i", str(ROOT / "inventories" / "lab" / "hosts.yml"), "app1", "-m", "keelson.stack.deploy_lock",
+        ["ansible", "-i", str(INVENTORY), "app1", "-m", "keelson.stack.deploy_lock",
          "-a", "path=%s owner='%s' purpose='deploy api 9.9.9' ttl=3600" % (LOCK, ghost)],
         cwd=ROOT, env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")), capture_output=True, text=True)
     assert taken.returncode == 0, taken.stdout + taken.stderr

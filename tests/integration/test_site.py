@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import GENERATED, ROOT
+from conftest import GENERATED, ROOT, recap
 
 EDGE = "https://lb1.lab.keelson.test"
 CA = "/etc/nginx/keelson/tls/internal-ca.crt"
@@ -24,11 +24,6 @@ def second_run():
     res = subprocess.run(["ansible-playbook", "site.yml", "-i", "inventories/lab", "--diff", "-v"],
                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
     return res
-
-
-def recap(output):
-    return {m.group(1): {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-            for m in re.finditer(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M)}
 
 
 def test_second_run_succeeds_and_changes_nothing(second_run):
