@@ -63,8 +63,8 @@ def test_every_host_boots_systemd(hosts):
 
 
 def test_ansible_reaches_every_host(hosts):
-    res = subprocess.run(["ansible", "all", "-i", str(INVENTORY / "hosts.yml"), "-m", "ansible.builtin.ping",
-                          "-o"], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(["ansible", "all", "-i", str(INVENTORY / "hosts.yml"), "-m", "ansible.builtin.ping"],
+                         cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("SUCCESS") == len(hosts)
 
