@@ -4,16 +4,30 @@
     lab.py engine          install and start a Docker engine and the apt cache if none answers
     lab.py images          build (or reuse) the Debian 12/13 host images and the service images
     lab.py up              engine + images + network + hosts + services, then write inventories/lab
+        --debian 12|13         the Debian release of the hosts (default 13)
+        --extra-app N          N more app hosts, app3 ... (for the converge benchmark; default 0,
+                               and a later `up` without it removes them again)
+        --connection ssh|docker  how the inventory reaches the hosts (default: $KEELSON_LAB_CONNECTION,
+                               else ssh). ssh: as real VMs, user `debian` with passwordless sudo and
+                               the lab key; docker: `docker exec` as root (community.docker.docker)
     lab.py status          what the lab is running
     lab.py down            remove every container, network and volume the lab made, nothing else
+
+Every host is made like a cloud VM: sshd with its own host keys, a login user
+`debian` with passwordless sudo and the lab's key (made once, 0600, under the lab
+cache dir with a known_hosts file of the hosts' keys, never in inventories/lab).
+inventories/lab holds only inventory; the pebble listener certificate is in the
+cache dir too.
 
 Standard library only: it runs before any virtualenv exists. Every failure exits
 non-zero with the reason; nothing is skipped silently.
 """
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -34,6 +48,14 @@ GATEWAY = "172.30.77.1"
 DOMAIN = "lab.keelson.test"
 APT_CACHE_PORT = 3142
 
+# How the inventory reaches the hosts: like real VMs over SSH, or `docker exec`.
+CONNECTIONS = ("ssh", "docker")
+LOGIN_USER = "debian"  # as on Debian's cloud images
+SSH_DIR = CACHE_DIR / "ssh"
+SSH_KEY = SSH_DIR / "id_ed25519"
+KNOWN_HOSTS = SSH_DIR / "known_hosts"
+PEBBLE_CA = CACHE_DIR / "pebble-listener.pem"
+
 # Debian releases the lab can boot: image tag -> debootstrap suite.
 RELEASES = {"12": "bookworm", "13": "trixie"}
 ROOTFS_PACKAGES = [
@@ -47,7 +69,23 @@ HOSTS = {
     "app1": {"ip": 21, "groups": ["app"], "docker_volume": True},
     "app2": {"ip": 22, "groups": ["app"], "docker_volume": True},
     "db1": {"ip": 31, "groups": ["db"]},
+    "mon1": {"ip": 51, "groups": ["monitor"]},
 }
+GROUPS = ["lb", "app", "db", "monitor"]
+# `up --extra-app N`: app3 ... app(N+2) at .23 ... (.30 at most: db1 is .31).
+MAX_EXTRA_APP = 8
+
+
+def lab_hosts(extra_app=0):
+    """HOSTS plus the extra app hosts asked for."""
+    if not 0 <= extra_app <= MAX_EXTRA_APP:
+        raise LabError(f"--extra-app must be between 0 and {MAX_EXTRA_APP}")
+    hosts = dict(HOSTS)
+    for n in range(3, 3 + extra_app):
+        hosts[f"app{n}"] = {"ip": 20 + n, "groups": ["app"], "docker_volume": True}
+    return hosts
+
+
 # Service containers (plain processes, not "VMs").
 SERVICES = {
     # no data volume: the S3 server starts empty whenever its container is made
@@ -335,6 +373,66 @@ def wait_systemd(name, timeout=90):
         raise LabError(f"{name} booted {state}; failed units:\n{failed}")
 
 
+def ensure_ssh_key():
+    """The lab's key pair, made once (0600) and kept until `lab.py down`."""
+    SSH_DIR.mkdir(parents=True, exist_ok=True)
+    SSH_DIR.chmod(0o700)
+    if not SSH_KEY.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "keelson-lab", "-f", str(SSH_KEY)],
+            capture=True)
+    SSH_KEY.chmod(0o600)
+    return SSH_KEY.with_suffix(".pub").read_text()
+
+
+# What a cloud image and its first boot give a VM: sshd with host keys of its own
+# (made when openssh-server is installed in this container, not shared through the
+# image), and a login user with passwordless sudo and the operator's key. The apt
+# lists are emptied again so the first converge sees the image's stale state.
+PROVISION = r"""set -eu
+if [ ! -x /usr/sbin/sshd ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends openssh-server >/dev/null
+  apt-get clean; rm -rf /var/lib/apt/lists/*; touch -d @0 /var/lib/apt/lists
+fi
+id -u {user} >/dev/null 2>&1 || useradd --create-home --shell /bin/bash --groups sudo {user}
+umask 227; echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-lab-login-user; umask 022
+install -d -m 0700 -o {user} -g {user} /home/{user}/.ssh
+install -m 0600 -o {user} -g {user} /dev/stdin /home/{user}/.ssh/authorized_keys
+systemctl enable --now --quiet ssh
+cat /etc/ssh/ssh_host_ed25519_key.pub
+"""
+
+
+def provision_host(name, spec, pubkey):
+    """Waits for systemd, then makes the host reachable over SSH; returns its
+    known_hosts line."""
+    wait_systemd(name)
+    res = run(["docker", "exec", "-i", f"keelson-lab-{name}", "sh", "-c", PROVISION.format(user=LOGIN_USER)],
+              input=pubkey, capture=True)
+    hostkey = res.stdout.strip().splitlines()[-1].split()
+    return f"{address(spec['ip'])} {hostkey[0]} {hostkey[1]}"
+
+
+def ensure_hosts_reachable(hosts):
+    pubkey = ensure_ssh_key()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        lines = list(pool.map(lambda item: provision_host(item[0], item[1], pubkey), hosts.items()))
+    KNOWN_HOSTS.write_text("\n".join(lines) + "\n")
+    for name, spec in hosts.items():
+        wait_for(f"sshd on {name}", lambda: tcp_open(address(spec["ip"]), 22), 30)
+
+
+def remove_extra_hosts(hosts):
+    """App hosts of an earlier `up --extra-app` that this one does not ask for."""
+    for cname in lab_containers():
+        m = re.fullmatch(r"keelson-lab-(app\d+)", cname)
+        if m and m.group(1) not in hosts:
+            log(f"removing {m.group(1)} (not asked for by --extra-app)")
+            docker("rm", "-f", "-v", cname)
+            docker("volume", "rm", f"{cname}-docker", check=False)
+
+
 LAB_SECRETS = {
     # name in lab_generated.yml -> generator
     "s3_access_key": lambda: "LAB" + secrets.token_hex(8).upper(),
@@ -363,21 +461,31 @@ def load_credentials():
     return creds
 
 
-def write_inventory(release, creds):
-    """inventories/lab/hosts.yml (addresses, groups) and a generated group_vars file
-    with the service endpoints and credentials (mode 0600)."""
+def write_inventory(release, creds, hosts, connection):
+    """inventories/lab/hosts.yml (addresses, groups, how to reach the hosts) and a
+    generated group_vars file with the service endpoints and credentials (mode 0600)."""
     INVENTORY_DIR.mkdir(parents=True, exist_ok=True)
     lines = ["# Written by lab/lab.py up; do not edit (rerun `lab.py up`).", "all:", "  children:"]
-    for group in ["lb", "app", "db"]:
+    for group in GROUPS:
         lines += [f"    {group}:", "      hosts:"]
-        for name, spec in HOSTS.items():
+        for name, spec in hosts.items():
             if group in spec["groups"]:
+                target = address(spec["ip"]) if connection == "ssh" else f"keelson-lab-{name}"
                 lines += [f"        {name}:",
-                          f"          ansible_host: keelson-lab-{name}",
+                          f"          ansible_host: {target}",
                           f"          keelson_private_address: {address(spec['ip'])}",
+                          f"          keelson_lab_container: keelson-lab-{name}",
                           f"          keelson_lab_debian: \"{release}\""]
-    lines += ["  vars:", "    ansible_connection: community.docker.docker",
-              "    ansible_python_interpreter: /usr/bin/python3"]
+    lines += ["  vars:"]
+    if connection == "ssh":
+        # as inventories/staging reaches real VMs: a login user and sudo
+        lines += [f"    ansible_user: {LOGIN_USER}",
+                  "    ansible_become: true",
+                  f"    ansible_ssh_private_key_file: {SSH_KEY}",
+                  f"    ansible_ssh_common_args: -o UserKnownHostsFile={KNOWN_HOSTS} -o StrictHostKeyChecking=yes"]
+    else:
+        lines += ["    ansible_connection: community.docker.docker"]
+    lines += ["    ansible_python_interpreter: /usr/bin/python3"]
     (INVENTORY_DIR / "hosts.yml").write_text("\n".join(lines) + "\n")
 
     gen = INVENTORY_DIR / "group_vars" / "all" / "lab_generated.yml"
@@ -391,7 +499,7 @@ def write_inventory(release, creds):
         *[f"keelson_{k}: {v}" for k, v in sorted(creds.items())],
         f"keelson_registry: {address(SERVICES['registry']['ip'])}:{REGISTRY_PORT}",
         f"keelson_acme_directory_url: https://{address(SERVICES['pebble']['ip'])}:{PEBBLE_PORT}/dir",
-        f"keelson_acme_directory_cafile: {INVENTORY_DIR / 'pebble-listener.pem'}",
+        f"keelson_acme_directory_cafile: {PEBBLE_CA}",
         "",
     ])
     fd = os.open(gen, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -406,16 +514,17 @@ def cmd_images(args):
 
 def cmd_up(args):
     t0 = time.monotonic()
+    hosts = lab_hosts(args.extra_app)
     ensure_engine()
     ensure_images(releases=sorted({args.debian, "13"}))
     ensure_network()
     creds = load_credentials()
     for name, svc in SERVICES.items():
         start_service(name, svc, creds)
-    for name, spec in HOSTS.items():
+    remove_extra_hosts(hosts)
+    for name, spec in hosts.items():
         start_host(name, spec, args.debian)
-    for name in HOSTS:
-        wait_systemd(name)
+    ensure_hosts_reachable(hosts)
     wait_for("the S3 server (bucket created)",
              lambda: docker("exec", "keelson-lab-s3", "test", "-e", "/run/lab-s3-ready",
                             check=False).returncode == 0, 120)
@@ -425,8 +534,9 @@ def cmd_up(args):
          "--registry", f"{address(SERVICES['registry']['ip'])}:{REGISTRY_PORT}"])
     wait_for("pebble", lambda: tcp_open(address(SERVICES["pebble"]["ip"]), PEBBLE_PORT), 30)
     pebble_ca = docker("exec", "keelson-lab-pebble", "cat", "/etc/pebble/tls/cert.pem").stdout
-    (INVENTORY_DIR / "pebble-listener.pem").write_text(pebble_ca)
-    write_inventory(args.debian, creds)
+    PEBBLE_CA.write_text(pebble_ca)
+    (INVENTORY_DIR / "pebble-listener.pem").unlink(missing_ok=True)  # where labs before the SSH one kept it
+    write_inventory(args.debian, creds, hosts, args.connection)
     log(f"up in {time.monotonic() - t0:.0f}s; inventory: {INVENTORY_DIR / 'hosts.yml'}")
     cmd_status(args)
 
@@ -445,8 +555,9 @@ def cmd_down(_args):
     if nets:
         docker("network", "rm", *nets)
     for f in [INVENTORY_DIR / "hosts.yml", INVENTORY_DIR / "group_vars" / "all" / "lab_generated.yml",
-              INVENTORY_DIR / ".credentials.json", INVENTORY_DIR / "pebble-listener.pem"]:
+              INVENTORY_DIR / ".credentials.json", INVENTORY_DIR / "pebble-listener.pem", PEBBLE_CA]:
         f.unlink(missing_ok=True)
+    shutil.rmtree(SSH_DIR, ignore_errors=True)
     left = (lab_containers()
             + docker("volume", "ls", "-q", "--filter", f"label={LABEL}").stdout.split()
             + docker("network", "ls", "-q", "--filter", f"label={LABEL}").stdout.split())
@@ -474,10 +585,17 @@ def main(argv=None):
     img.set_defaults(fn=cmd_images)
     up = sub.add_parser("up")
     up.add_argument("--debian", choices=sorted(RELEASES), default="13")
+    up.add_argument("--extra-app", type=int, default=0, metavar="N",
+                    help=f"N more app hosts, app3 ... (0 to {MAX_EXTRA_APP}; default 0)")
+    up.add_argument("--connection", choices=CONNECTIONS,
+                    default=os.environ.get("KEELSON_LAB_CONNECTION", "ssh"),
+                    help="how the inventory reaches the hosts (default: $KEELSON_LAB_CONNECTION or ssh)")
     up.set_defaults(fn=cmd_up)
     sub.add_parser("down").set_defaults(fn=cmd_down)
     sub.add_parser("status").set_defaults(fn=cmd_status)
     args = p.parse_args(argv)
+    if getattr(args, "connection", "ssh") not in CONNECTIONS:
+        p.error(f"KEELSON_LAB_CONNECTION must be one of {', '.join(CONNECTIONS)}, not {args.connection!r}")
     if os.geteuid() != 0 and args.cmd in ("engine", "images", "up"):
         print("lab: must run as root (installs packages, starts dockerd)", file=sys.stderr)
         return 2

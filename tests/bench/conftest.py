@@ -35,7 +35,8 @@ class BenchHost:
         inventory = yaml.safe_load((ROOT / "inventories" / "lab" / "hosts.yml").read_text())
         self.vars = yaml.safe_load((ROOT / "inventories" / "lab" / "group_vars" / "all" / "lab_generated.yml").read_text())
         hosts = inventory["all"]["children"]["db"]["hosts"]
-        self.container = hosts[sorted(hosts)[0]]["ansible_host"]
+        name = sorted(hosts)[0]
+        self.container = hosts[name].get("keelson_lab_container", "keelson-lab-" + name)
         self.sh("rm -rf /root/keelson-bench && mkdir -p /root/keelson-bench/ansible_collections/keelson/stack")
         tar = subprocess.run(["tar", "-C", str(ROOT), "-c", "plugins"], capture_output=True, check=True).stdout
         subprocess.run(["docker", "exec", "-i", self.container, "tar", "-C",

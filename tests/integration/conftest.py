@@ -51,7 +51,8 @@ class Lab:
         self.vars = yaml.safe_load(GENERATED.read_text())
         db_hosts = inventory["all"]["children"]["db"]["hosts"]
         self.db_host = sorted(db_hosts)[0]
-        self.db_container = db_hosts[self.db_host]["ansible_host"]
+        # shell checks go through `docker exec`; Ansible reaches the host as the inventory says
+        self.db_container = db_hosts[self.db_host].get("keelson_lab_container", "keelson-lab-" + self.db_host)
         self.db_address = db_hosts[self.db_host]["keelson_private_address"]
 
     def sh(self, script, check=True, user=None, timeout=600, input=None):

@@ -2,6 +2,7 @@
 the service containers are the real servers the other tests rely on."""
 import json
 import os
+import re
 import ssl
 import subprocess
 import urllib.request
@@ -30,7 +31,23 @@ def hosts():
 
 
 def test_inventory_has_every_group_and_host(hosts):
-    assert set(hosts) == {"lb1", "app1", "app2", "db1"}
+    # app3 ... only after `lab.py up --extra-app N`
+    assert {"lb1", "app1", "app2", "db1", "mon1"} <= set(hosts)
+    assert all(re.fullmatch(r"app\d+", name) for name in set(hosts) - {"lb1", "app1", "app2", "db1", "mon1"})
+
+
+def test_inventory_reaches_hosts_over_ssh_with_a_private_key():
+    inv = yaml.safe_load((INVENTORY / "hosts.yml").read_text())["all"]["vars"]
+    if inv.get("ansible_connection") == "community.docker.docker":
+        pytest.skip("the lab was brought up with --connection docker")
+    assert inv["ansible_become"] is True and inv["ansible_user"] != "root"
+    assert Path(inv["ansible_ssh_private_key_file"]).stat().st_mode & 0o077 == 0
+
+
+def test_inventory_dir_holds_only_inventory():
+    """Anything else there makes every run print "Failed to parse inventory" warnings."""
+    found = {str(p.relative_to(INVENTORY)) for p in INVENTORY.rglob("*") if p.is_file()}
+    assert {f for f in found if not f.startswith(".") and not f.endswith(".yml")} == set()
 
 
 def test_generated_credentials_are_private():
@@ -38,18 +55,18 @@ def test_generated_credentials_are_private():
     assert gen.stat().st_mode & 0o077 == 0
 
 
-@pytest.mark.parametrize("name", ["lb1", "app1", "app2", "db1"])
-def test_host_boots_systemd(name):
-    out = subprocess.run(["docker", "exec", f"keelson-lab-{name}", "systemctl", "is-system-running"],
-                         capture_output=True, text=True)
-    assert out.stdout.strip() == "running"
+def test_every_host_boots_systemd(hosts):
+    states = {name: subprocess.run(["docker", "exec", spec["keelson_lab_container"], "systemctl",
+                                    "is-system-running"], capture_output=True, text=True).stdout.strip()
+              for name, spec in hosts.items()}
+    assert set(states.values()) == {"running"}, states
 
 
-def test_ansible_reaches_every_host():
-    res = subprocess.run(["ansible", "all", "-i", str(INVENTORY / "hosts.yml"), "-m", "ansible.builtin.ping",
-                          "-o"], cwd=ROOT, capture_output=True, text=True)
+def test_ansible_reaches_every_host(hosts):
+    res = subprocess.run(["ansible", "all", "-i", str(INVENTORY / "hosts.yml"), "-m", "ansible.builtin.ping"],
+                         cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count("SUCCESS") == 4
+    assert res.stdout.count("SUCCESS") == len(hosts)
 
 
 def s3client(labvars):

@@ -29,11 +29,18 @@ def second_run():
 def test_second_run_succeeds_and_changes_nothing(second_run):
     assert second_run.returncode == 0, second_run.stdout[-5000:] + second_run.stderr[-2000:]
     hosts = recap(second_run.stdout)
-    assert set(hosts) >= {"lb1", "app1", "app2", "db1"}, hosts
+    assert set(hosts) >= {"lb1", "app1", "app2", "db1", "mon1"}, hosts
     changed = {h: r["changed"] for h, r in hosts.items() if r["changed"]}
     assert not changed, "second run changed something: %s\n%s" % (
         changed, "\n".join(l for l in second_run.stdout.splitlines() if l.startswith("changed:")))
     assert "smoke OK" in second_run.stdout
+
+
+def test_second_run_prints_no_warning_or_deprecation(second_run):
+    """A new user's first screen is clean: no inventory parse warnings, no deprecated options."""
+    noisy = [line for line in (second_run.stdout + second_run.stderr).splitlines()
+             if re.search(r"^\s*\[?(WARNING|DEPRECATION)\b", line)]
+    assert not noisy, "\n".join(noisy)
 
 
 def test_no_secret_in_verbose_diff_output(second_run):

@@ -1,8 +1,9 @@
 """The base role's SSH lock-out guard, over a real SSH session to db1's hardened sshd.
 
-The lab reaches its hosts through `docker exec`, which has no SSH session to lose,
-so this test adds a throw-away user with a key and passwordless sudo on db1 and
-runs the base role over SSH with the lab's own variables: once with firewall
+The lab inventory reaches its hosts over SSH (unless `lab.py up --connection docker`
+made it use `docker exec`); this test does not depend on which: it adds a throw-away
+user with a key and passwordless sudo on db1 and runs the base role over SSH, without
+connection sharing, with the lab's own variables: once with firewall
 sources that leave out the controller (the role must fail at the guard, changing
 nothing), once with the lab's (it converges with nothing to change)."""
 import re
