@@ -323,6 +323,7 @@ def problems(stack, secrets=None):
             found.extend(exc.errors)
     return found
 
+
 def release_images(stack, images, missing_ok=False):
     """{service: {"image", "id", "digest"}} from ``docker_image_info`` results: what each
     service runs, pinned by the registry digest when the image came from a registry
