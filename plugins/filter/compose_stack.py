@@ -18,7 +18,8 @@ description:
     C(compose_stack_backends) (published backends of one host) and C(compose_stack_upstreams)
     (the nginx role's C(nginx_upstreams) from every app host's backends), C(compose_stack_rollout_pins)
     (which pins of C(compose.rollout.yaml) still match compose.yaml's images) and C(compose_stack_replicas)
-    (one service's replicas as M(keelson.stack.compose_rollout) takes them).
+    (one service's replicas as M(keelson.stack.compose_rollout) takes them), and C(compose_stack_errors)
+    (the same checks as this filter and the secrets' names, returned as a list of messages instead of failing).
 options:
   _input:
     description: The stack, as the compose_stack role assembles it.
@@ -47,6 +48,11 @@ def compose_stack_compose(stack, bind_address="", secrets=None):
     except cs.StackError as exc:
         raise AnsibleFilterError(str(exc))
     return cs.compose(stack, bind_address)
+
+
+def compose_stack_errors(stack, secrets=None):
+    """[] for a valid stack and secrets, else one message per problem (secret names, never values)."""
+    return cs.problems(stack, secrets)
 
 
 def compose_stack_backends(stack, host):
@@ -108,6 +114,7 @@ class FilterModule(object):
         return {
             "compose_stack_validate": compose_stack_validate,
             "compose_stack_compose": compose_stack_compose,
+            "compose_stack_errors": compose_stack_errors,
             "compose_stack_backends": compose_stack_backends,
             "compose_stack_upstreams": compose_stack_upstreams,
             "compose_stack_env_file": compose_stack_env_file,

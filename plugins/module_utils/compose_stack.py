@@ -312,6 +312,18 @@ def env_file(secrets):
     return "".join(line + "\n" for line in lines)
 
 
+def problems(stack, secrets=None):
+    """Every problem of the stack and of its secrets (names only), one message each;
+    [] when both are valid. What site.yml's first play reports, unwrapped."""
+    found = []
+    for check, arg in ((validate, stack), (env_file, secrets or {})):
+        try:
+            check(arg)
+        except StackError as exc:
+            found.extend(exc.errors)
+    return found
+
+
 def release_images(stack, images, missing_ok=False):
     """{service: {"image", "id", "digest"}} from ``docker_image_info`` results: what each
     service runs, pinned by the registry digest when the image came from a registry

@@ -81,15 +81,15 @@ class Lab:
                             aws_secret_access_key=self.vars["keelson_s3_secret_key"], region_name="us-east-1",
                             config=Config(s3={"addressing_style": "path"}))
 
-    def playbook(self, name, extra_vars, verbose=False, background=False):
-        """ansible-playbook on the db host with extra vars passed in a 0600 file (never argv).
+    def playbook(self, name, extra_vars, verbose=False, background=False, limit=None):
+        """ansible-playbook on the db host (or on ``limit``) with extra vars passed in a 0600 file (never argv).
         name: a playbook in playbooks/, or an absolute path.
         Returns CompletedProcess, or (Popen, vars_file) when background."""
         fd, path = tempfile.mkstemp(prefix="keelson-it-", suffix=".json")
         with os.fdopen(fd, "w") as handle:
             json.dump(extra_vars, handle)
         argv = ["ansible-playbook", "-i", str(INVENTORY), str(ROOT / "playbooks" / name), "-e", "@" + path,
-                "-l", self.db_host] + (["-v"] if verbose else [])
+                "-l", limit or self.db_host] + (["-v"] if verbose else [])
         env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_FORCE_COLOR="0")
         if background:

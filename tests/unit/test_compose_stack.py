@@ -241,3 +241,12 @@ def test_rollout_pins_stay_until_the_inventory_moves_on():
     assert cs.rollout_pins_to_keep(pins, backends, {"api": {"id": None}}, {}, pin_ids) == kept_all
     # a pin whose image is gone from the host cannot match
     assert cs.rollout_pins_to_keep(pins, backends, {"api": v12}, {"api": v10}, {}) == {}
+
+
+def test_problems_lists_stack_and_secret_errors_unwrapped():
+    bad = stack()
+    bad["services"][1]["replicas"] = 0
+    assert cs.problems(bad, {"DATABASE_URL": "it's", "POSTGRES_PASSWORD": "ok"}) == [
+        "service 'api': replicas must be at least 1",
+        "secret 'DATABASE_URL': names must be variable names and values may not contain a single quote or a newline"]
+    assert cs.problems(stack(), {"DATABASE_URL": "x", "POSTGRES_PASSWORD": "y"}) == []
