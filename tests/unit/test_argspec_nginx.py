@@ -35,3 +35,16 @@ def test_rate_limit_burst_must_be_an_integer():
               "locations": [{"path": "/api/", "limit_req": {"zone": "api", "burst": "lots"}}]}]
     assert_rejected("nginx", {**ENV, "nginx_upstreams": UPSTREAMS, "nginx_sites": sites},
                     "burst", "unable to convert to int")
+
+
+def test_smoke_check_without_a_path_is_rejected():
+    checks = [{"site": "web", "method": "GET"}]
+    assert_rejected("nginx", {**ENV, "nginx_smoke_checks": checks},
+                    "missing required arguments: path found in nginx_smoke_checks")
+    assert_rejected("nginx", {"nginx_smoke_checks": checks}, "missing required arguments: path found in nginx_smoke_checks",
+                    entry_point="smoke")
+
+
+def test_smoke_check_status_must_be_an_integer():
+    assert_rejected("nginx", {"nginx_smoke_checks": [{"path": "/health", "status": "ok"}]},
+                    "status", "unable to convert to int", entry_point="smoke")

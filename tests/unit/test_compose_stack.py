@@ -241,3 +241,55 @@ def test_rollout_pins_stay_until_the_inventory_moves_on():
     assert cs.rollout_pins_to_keep(pins, backends, {"api": {"id": None}}, {}, pin_ids) == kept_all
     # a pin whose image is gone from the host cannot match
     assert cs.rollout_pins_to_keep(pins, backends, {"api": v12}, {"api": v10}, {}) == {}
+
+
+def _dollar_service(**extra):
+    svc = {"name": "web", "image": "reg/web", "tag": "1",
+           "command": ["sh", "-c", "exec serve --port $PORT"],
+           "entrypoint": ["/entry", "${HOSTNAME}"],
+           "environment": {"GREETING": "costs $5"},
+           "healthcheck": {"test": ["CMD-SHELL", "curl -f http://localhost:$PORT/health"]},
+           "labels": {"traefik.rule": "Host(`$HOSTNAME`)"},
+           "volumes": ["/srv/$PROJECT/data:/data"],
+           "user": "$UID"}
+    svc.update(extra)
+    return cs.compose(stack(services=[svc], volumes=[], jobs=[], secret_names=[]))["services"]["web"]
+
+
+@pytest.mark.parametrize("field,expected", [
+    ("command", ["sh", "-c", "exec serve --port $$PORT"]),
+    ("entrypoint", ["/entry", "$${HOSTNAME}"]),
+    ("environment", {"GREETING": "costs $$5"}),
+    ("healthcheck", {"test": ["CMD-SHELL", "curl -f http://localhost:$$PORT/health"]}),
+    ("volumes", ["/srv/$$PROJECT/data:/data"]),
+    ("user", "$$UID"),
+])
+def test_dollar_is_literal_in_every_field(field, expected):
+    assert _dollar_service()[field] == expected
+
+
+def test_dollar_is_literal_in_labels_and_role_labels_stay():
+    labels = _dollar_service()["labels"]
+    assert labels["traefik.rule"] == "Host(`$$HOSTNAME`)"
+    assert labels["keelson.stack.service"] == "web"
+
+
+@pytest.mark.parametrize("field,expected", [
+    ("command", ["sh", "-c", "exec serve --port $PORT"]),
+    ("entrypoint", ["/entry", "${HOSTNAME}"]),
+    ("environment", {"GREETING": "costs $5"}),
+    ("healthcheck", {"test": ["CMD-SHELL", "curl -f http://localhost:$PORT/health"]}),
+    ("volumes", ["/srv/$PROJECT/data:/data"]),
+    ("user", "$UID"),
+])
+def test_interpolate_opt_in_writes_every_field_as_given(field, expected):
+    assert _dollar_service(interpolate=True)[field] == expected
+
+
+def test_interpolate_opt_in_labels_and_secrets():
+    svc = _dollar_service(interpolate=True)
+    assert svc["labels"]["traefik.rule"] == "Host(`$HOSTNAME`)"
+    st = stack(services=[{"name": "web", "image": "reg/web", "tag": "1", "secrets": ["TOKEN"]}],
+               volumes=[], jobs=[], secret_names=["TOKEN"])
+    # secrets always come from .env through Compose, whatever interpolate says
+    assert cs.compose(st)["services"]["web"]["environment"]["TOKEN"] == "${TOKEN:?TOKEN must be set in .env}"
