@@ -22,12 +22,9 @@ options:
 """
 
 EXAMPLES = r"""
-- name: Refuse a schedule cron cannot parse
-  ansible.builtin.assert:
-    that: __errors | length == 0
-    fail_msg: "{{ __errors | join('; ') }}"
-  vars:
-    __errors: "{{ {'backup_cron_backup_hour': ['hour', backup_cron_backup_hour]} | keelson.stack.cron_field_errors }}"
+- name: Show why a schedule would be refused
+  ansible.builtin.debug:
+    msg: "{{ {'backup_cron_backup_hour': ['hour', '*/6'], 'backup_cron_verify_weekday': ['weekday', 'sun']} | keelson.stack.cron_field_errors }}"
 """
 
 RETURN = r"""
