@@ -59,7 +59,7 @@ options:
         description: Request body (set a C(Content-Type) in O(probes[].headers)).
         type: str
       headers:
-        description: Extra request headers. Treated as secret (they may carry credentials).
+        description: Extra request headers. When they carry credentials, set C(no_log) on the task.
         type: dict
       connect_address:
         description:
@@ -231,7 +231,7 @@ PROBE_OPTIONS = dict(
     body_regex=dict(type="str"),
     body_contains=dict(type="str"),
     body=dict(type="str"),
-    headers=dict(type="dict", no_log=True),
+    headers=dict(type="dict"),
     connect_address=dict(type="str"),
     host_header=dict(type="str"),
     ca_file=dict(type="path"),
