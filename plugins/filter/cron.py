@@ -16,7 +16,7 @@ description:
     month also C(jan)..C(dec). Returns one message naming the variable per bad value.
 options:
   _input:
-    description: C({variable name: [kind, value]}).
+    description: "C({variable name: [kind, value]})."
     type: dict
     required: true
 """
