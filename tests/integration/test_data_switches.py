@@ -2,6 +2,7 @@
 firewall stops admitting the app hosts to 5672 (PostgreSQL and Redis stay open),
 and switching it back on restores the port. Hold both lab locks: the demo's
 worker on the app hosts loses AMQP while the switch is off."""
+import json
 import subprocess
 
 import pytest
@@ -35,7 +36,7 @@ def rabbitmq_tasks(output):
 @pytest.fixture(scope="module")
 def without_rabbitmq(lab):
     try:
-        yield converge("-e", "rabbitmq_enabled=false")
+        yield converge("-e", json.dumps({"rabbitmq_enabled": False}))
     finally:
         converge()
 
