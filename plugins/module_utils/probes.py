@@ -137,8 +137,8 @@ def http_probe(probe):
         reason = getattr(exc, "reason", exc)
         return Outcome(False, str(reason))
     if status not in expected:
-        return Outcome(False, "status %d, expected %s%s" % (status, "/".join(str(s) for s in expected),
-                                                           _excerpt(body)))
+        wanted = "/".join(str(s) for s in expected)
+        return Outcome(False, "status %d, expected %s%s" % (status, wanted, _excerpt(body)))
     pattern = probe.get("body_regex")
     if pattern and not re.search(pattern, body):
         return Outcome(False, "status %d, body does not match %r%s" % (status, pattern, _excerpt(body)))
