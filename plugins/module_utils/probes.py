@@ -80,7 +80,7 @@ def _connecting_to(base, address):
 
 class _ConnectToHTTP(HTTPHandler or object):
     def __init__(self, address):
-        HTTPHandler.__init__(self)
+        super(_ConnectToHTTP, self).__init__()
         self._address = address
 
     def http_open(self, req):
@@ -89,7 +89,7 @@ class _ConnectToHTTP(HTTPHandler or object):
 
 class _ConnectToHTTPS(HTTPSHandler or object):
     def __init__(self, address, context):
-        HTTPSHandler.__init__(self, context=context)
+        super(_ConnectToHTTPS, self).__init__(context=context)
         self._address = address
 
     def https_open(self, req):
