@@ -183,10 +183,24 @@ def _escape(value):
     return str(value).replace("$", "$$")
 
 
-def _healthcheck(health):
+def _literal(value):
+    return str(value)
+
+
+def _text_of(svc):
+    """How a service's inventory text reaches compose.yaml. Every field the role
+    renders from user text (command, entrypoint, environment values, healthcheck
+    test, label values, volumes, user) goes through the same function, so a
+    ``$HOSTNAME`` means the same thing in each: literal by default (``$$``, which
+    Compose turns back into ``$``, so a shell in the container still expands it),
+    or interpolated by Compose from .env and its environment with ``interpolate: true``."""
+    return _literal if svc.get("interpolate") else _escape
+
+
+def _healthcheck(health, text=_escape):
     if health.get("disable"):
         return {"disable": True}
-    out = {"test": list(health["test"])}
+    out = {"test": [text(part) for part in health["test"]]}
     for key in ("interval", "timeout", "start_period", "start_interval"):
         if health.get(key):
             out[key] = str(health[key])
@@ -196,18 +210,19 @@ def _healthcheck(health):
 
 
 def _service_body(svc, stack, replica, compose_names):
+    text = _text_of(svc)
     body = {"image": image_ref(svc)}
     for key in ("command", "entrypoint"):
         if svc.get(key):
-            body[key] = list(svc[key])
-    env = dict((k, _escape(v)) for k, v in sorted((svc.get("environment") or {}).items()))
+            body[key] = [text(part) for part in svc[key]]
+    env = dict((k, text(v)) for k, v in sorted((svc.get("environment") or {}).items()))
     for secret in svc.get("secrets") or []:
         # The value lives only in .env (0600); the file names the variable.
         env[secret] = "${%s:?%s must be set in .env}" % (secret, secret)
     if env:
         body["environment"] = env
     if svc.get("healthcheck"):
-        body["healthcheck"] = _healthcheck(svc["healthcheck"])
+        body["healthcheck"] = _healthcheck(svc["healthcheck"], text)
     limits = {}
     if svc.get("cpus") is not None:
         limits["cpus"] = str(svc["cpus"])
@@ -223,17 +238,20 @@ def _service_body(svc, stack, replica, compose_names):
             for target in compose_names[dep]:
                 deps[target] = {"condition": condition}
         body["depends_on"] = deps
-    for key in ("volumes", "networks", "profiles"):
+    if svc.get("volumes"):
+        body["volumes"] = [text(spec) for spec in svc["volumes"]]
+    for key in ("networks", "profiles"):
         if svc.get(key):
             body[key] = list(svc[key])
     restart = svc.get("restart")
     body["restart"] = "no" if restart is False else str(restart or "unless-stopped")
-    for key in ("stop_grace_period", "user"):
-        if svc.get(key):
-            body[key] = str(svc[key])
+    if svc.get("stop_grace_period"):
+        body["stop_grace_period"] = str(svc["stop_grace_period"])
+    if svc.get("user"):
+        body["user"] = text(svc["user"])
     if svc.get("stop_signal"):
         body["stop_signal"] = svc["stop_signal"]
-    labels = dict(svc.get("labels") or {})
+    labels = dict((k, text(v)) for k, v in (svc.get("labels") or {}).items())
     labels.update({"keelson.stack.project": stack["project"], "keelson.stack.service": svc["name"]})
     if is_split(svc):
         labels["keelson.stack.replica"] = str(replica)

@@ -19,10 +19,14 @@ import ssl
 import time
 
 try:
-    from urllib.request import Request, build_opener, HTTPSHandler, HTTPErrorProcessor
+    import http.client as http_client
+    from urllib.request import Request, build_opener, HTTPHandler, HTTPSHandler, HTTPErrorProcessor
     from urllib.error import URLError
 except ImportError:  # pragma: no cover - Python 2 is not supported, keeps sanity's py2 import test quiet
-    Request = build_opener = HTTPSHandler = HTTPErrorProcessor = URLError = None
+    http_client = Request = build_opener = HTTPHandler = HTTPSHandler = HTTPErrorProcessor = URLError = None
+
+# How much of a failing response's body a reason quotes.
+BODY_EXCERPT = 200
 
 
 class Outcome:
@@ -60,14 +64,59 @@ class _NoRaise(HTTPErrorProcessor or object):
     https_response = http_response
 
 
+def _connecting_to(base, address):
+    """``base`` (an http.client connection class) that opens its TCP connection to
+    ``address`` instead of the URL's host, like curl's --resolve: the Host header,
+    TLS SNI and certificate name check still use the URL's host name."""
+
+    class Connection(base):
+        def __init__(self, host, **kwargs):
+            base.__init__(self, host, **kwargs)
+            self._create_connection = lambda addr, *args, **kw: socket.create_connection(
+                (address, addr[1]), *args, **kw)
+
+    return Connection
+
+
+class _ConnectToHTTP(HTTPHandler or object):
+    def __init__(self, address):
+        super(_ConnectToHTTP, self).__init__()
+        self._address = address
+
+    def http_open(self, req):
+        return self.do_open(_connecting_to(http_client.HTTPConnection, self._address), req)
+
+
+class _ConnectToHTTPS(HTTPSHandler or object):
+    def __init__(self, address, context):
+        super(_ConnectToHTTPS, self).__init__(context=context)
+        self._address = address
+
+    def https_open(self, req):
+        return self.do_open(_connecting_to(http_client.HTTPSConnection, self._address), req, context=self._context)
+
+
+def _excerpt(body):
+    text = body[:BODY_EXCERPT].replace("\n", " ").strip()
+    return (": " + text + ("..." if len(body) > BODY_EXCERPT else "")) if text else ": (empty body)"
+
+
 def http_probe(probe):
+    """One request. ``connect_address`` sends it to that address while naming the
+    URL's host (SNI, Host, certificate check). A failure reason quotes the first
+    bytes of the body, which is usually the application's own explanation."""
     url = probe["url"]
     timeout = float(probe.get("timeout", 2))
     expected = [int(s) for s in (probe.get("status") or [200])]
     headers = {"User-Agent": "keelson-health-gate", "Connection": "close"}
+    headers.update(probe.get("headers") or {})
     if probe.get("host_header"):
         headers["Host"] = probe["host_header"]
+    data = probe.get("body")
+    data = data.encode("utf-8") if data is not None else None
+    address = probe.get("connect_address")
     handlers = [_NoRaise()]
+    context = None
     if url.lower().startswith("https:"):
         if probe.get("insecure"):
             context = ssl.create_default_context()
@@ -75,20 +124,27 @@ def http_probe(probe):
             context.verify_mode = ssl.CERT_NONE
         else:
             context = ssl.create_default_context(cafile=probe.get("ca_file"))
-        handlers.append(HTTPSHandler(context=context))
+        handlers.append(_ConnectToHTTPS(address, context) if address else HTTPSHandler(context=context))
+    elif address:
+        handlers.append(_ConnectToHTTP(address))
     opener = build_opener(*handlers)
     try:
-        with opener.open(Request(url, headers=headers, method=probe.get("method", "GET")), timeout=timeout) as resp:
+        request = Request(url, data=data, headers=headers, method=probe.get("method", "GET"))
+        with opener.open(request, timeout=timeout) as resp:
             status = resp.status
             body = resp.read(int(probe.get("max_body", 65536))).decode("utf-8", "replace")
-    except (URLError, OSError, ssl.SSLError, ValueError) as exc:
+    except (URLError, OSError, ssl.SSLError, ValueError, http_client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         return Outcome(False, str(reason))
     if status not in expected:
-        return Outcome(False, "status %d, expected %s" % (status, "/".join(str(s) for s in expected)))
+        wanted = "/".join(str(s) for s in expected)
+        return Outcome(False, "status %d, expected %s%s" % (status, wanted, _excerpt(body)))
     pattern = probe.get("body_regex")
     if pattern and not re.search(pattern, body):
-        return Outcome(False, "body does not match %r" % pattern)
+        return Outcome(False, "status %d, body does not match %r%s" % (status, pattern, _excerpt(body)))
+    needle = probe.get("body_contains")
+    if needle and needle not in body:
+        return Outcome(False, "status %d, body does not contain %r%s" % (status, needle, _excerpt(body)))
     return Outcome(True)
 
 

@@ -52,6 +52,21 @@ options:
       body_regex:
         description: A Python regular expression the response body (first 64 KiB) must match.
         type: str
+      body_contains:
+        description: A string the response body (first 64 KiB) must contain.
+        type: str
+      body:
+        description: Request body (set a C(Content-Type) in O(probes[].headers)).
+        type: str
+      headers:
+        description: Extra request headers. When they carry credentials, set C(no_log) on the task.
+        type: dict
+      connect_address:
+        description:
+          - Open the connection to this address instead of the URL's host, like curl's C(--resolve).
+          - The C(Host) header, TLS SNI and the certificate's name check still use the URL's host,
+            so a site can be probed by its public name through one particular edge.
+        type: str
       host_header:
         description: Value of the C(Host) header, for probing a virtual host through an address.
         type: str
@@ -169,10 +184,10 @@ total_seconds:
   type: float
   sample: 4.12
 reason:
-  description: Why the gate failed; empty when it passed.
+  description: Why the gate failed; empty when it passed. An HTTP failure quotes the first 200 characters of the body.
   returned: always
   type: str
-  sample: "deadline of 60s passed: http http://127.0.0.1:8001/health: status 503, expected 200"
+  sample: "deadline of 60s passed: http http://127.0.0.1:8001/health: status 503, expected 200: db down"
 watch:
   description: With O(watch_seconds), the monitoring window (C(passed), C(reason), C(total_seconds), C(rounds), and per probe
     C(name), C(attempts), C(failures), C(last_failure)).
@@ -214,6 +229,10 @@ PROBE_OPTIONS = dict(
     method=dict(type="str", default="GET"),
     status=dict(type="list", elements="int", default=[200]),
     body_regex=dict(type="str"),
+    body_contains=dict(type="str"),
+    body=dict(type="str"),
+    headers=dict(type="dict"),
+    connect_address=dict(type="str"),
     host_header=dict(type="str"),
     ca_file=dict(type="path"),
     insecure=dict(type="bool", default=False),

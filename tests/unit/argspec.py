@@ -11,14 +11,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_role(role, role_vars):
-    """Returns (returncode, combined output) of a play applying keelson.stack.<role>."""
+def run_role(role, role_vars, entry_point="main"):
+    """Returns (returncode, combined output) of a play applying keelson.stack.<role>
+    (its tasks_from=<entry_point> when that is not main)."""
     play = [{
         "name": "argspec probe",
         "hosts": "nowhere",
         "gather_facts": False,
         "roles": [{"role": f"keelson.stack.{role}", "vars": role_vars}],
     }]
+    if entry_point != "main":
+        del play[0]["roles"]
+        play[0]["tasks"] = [{"ansible.builtin.include_role": {"name": f"keelson.stack.{role}",
+                                                              "tasks_from": entry_point},
+                             "vars": role_vars}]
     with tempfile.TemporaryDirectory() as tmp:
         pb = Path(tmp) / "play.yml"
         pb.write_text(json.dumps(play))
@@ -32,9 +38,9 @@ def run_role(role, role_vars):
     return res.returncode, res.stdout + res.stderr
 
 
-def assert_rejected(role, role_vars, *fragments):
+def assert_rejected(role, role_vars, *fragments, entry_point="main"):
     """The play fails in the argument validation task with every fragment in the message."""
-    rc, out = run_role(role, role_vars)
+    rc, out = run_role(role, role_vars, entry_point)
     assert rc != 0, out
     assert "Validating arguments against arg spec" in out, out
     assert "UNREACHABLE" not in out, "validation passed and the role went on:\n" + out

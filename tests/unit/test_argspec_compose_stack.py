@@ -46,3 +46,7 @@ def test_valid_stack_passes_validation_and_reaches_the_host():
     # then fails, because the host does not exist.
     rc, out = run_role("compose_stack", stack())
     assert rc != 0 and "UNREACHABLE" in out, out
+
+
+def test_interpolate_must_be_a_boolean():
+    assert_rejected("compose_stack", stack(dict(API, interpolate="sometimes")), "interpolate")

@@ -30,3 +30,7 @@ def test_trust_in_extra_hba_lines_is_rejected():
 def test_database_without_name_is_rejected():
     assert_rejected("postgresql", {**SHARED, "postgresql_databases": [{"owner": "app"}]},
                     "name")
+
+
+def test_enabled_switch_must_be_a_boolean():
+    assert_rejected("postgresql", {**SHARED, "postgresql_enabled": "maybe"}, "postgresql_enabled")

@@ -23,3 +23,7 @@ def test_permission_without_vhost_is_rejected():
     assert_rejected("rabbitmq",
                     {**SHARED, "rabbitmq_users": [{"name": "app", "permissions": [{"read_priv": ".*"}]}]},
                     "vhost")
+
+
+def test_enabled_switch_must_be_a_boolean():
+    assert_rejected("rabbitmq", {**SHARED, "rabbitmq_enabled": "maybe"}, "rabbitmq_enabled")

@@ -19,3 +19,7 @@ def test_missing_admin_password_is_rejected():
 
 def test_user_without_password_is_rejected():
     assert_rejected("redis", dict(VALID, redis_users=[{"name": "app"}]), "password")
+
+
+def test_enabled_switch_must_be_a_boolean():
+    assert_rejected("redis", {**VALID, "redis_enabled": "maybe"}, "redis_enabled")

@@ -250,3 +250,53 @@ def test_problems_lists_stack_and_secret_errors_unwrapped():
         "service 'api': replicas must be at least 1",
         "secret 'DATABASE_URL': names must be variable names and values may not contain a single quote or a newline"]
     assert cs.problems(stack(), {"DATABASE_URL": "x", "POSTGRES_PASSWORD": "y"}) == []
+
+
+def _dollar_service(**extra):
+    svc = {"name": "web", "image": "reg/web", "tag": "1",
+           "command": ["sh", "-c", "exec serve --port $PORT"],
+           "entrypoint": ["/entry", "${HOSTNAME}"],
+           "environment": {"GREETING": "costs $5"},
+           "healthcheck": {"test": ["CMD-SHELL", "curl -f http://localhost:$PORT/health"]},
+           "labels": {"traefik.rule": "Host(`$HOSTNAME`)"},
+           "volumes": ["/srv/$PROJECT/data:/data"],
+           "user": "$UID"}
+    svc.update(extra)
+    return cs.compose(stack(services=[svc], volumes=[], jobs=[], secret_names=[]))["services"]["web"]
+
+
+# field: (what compose.yaml holds by default, what it holds with interpolate: true)
+DOLLAR_FIELDS = {
+    "command": (["sh", "-c", "exec serve --port $$PORT"], ["sh", "-c", "exec serve --port $PORT"]),
+    "entrypoint": (["/entry", "$${HOSTNAME}"], ["/entry", "${HOSTNAME}"]),
+    "environment": ({"GREETING": "costs $$5"}, {"GREETING": "costs $5"}),
+    "healthcheck": ({"test": ["CMD-SHELL", "curl -f http://localhost:$$PORT/health"]},
+                    {"test": ["CMD-SHELL", "curl -f http://localhost:$PORT/health"]}),
+    "volumes": (["/srv/$$PROJECT/data:/data"], ["/srv/$PROJECT/data:/data"]),
+    "user": ("$$UID", "$UID"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(DOLLAR_FIELDS))
+def test_dollar_is_literal_in_every_field(field):
+    assert _dollar_service()[field] == DOLLAR_FIELDS[field][0]
+
+
+@pytest.mark.parametrize("field", sorted(DOLLAR_FIELDS))
+def test_interpolate_opt_in_writes_every_field_as_given(field):
+    assert _dollar_service(interpolate=True)[field] == DOLLAR_FIELDS[field][1]
+
+
+def test_dollar_is_literal_in_labels_and_role_labels_stay():
+    labels = _dollar_service()["labels"]
+    assert labels["traefik.rule"] == "Host(`$$HOSTNAME`)"
+    assert labels["keelson.stack.service"] == "web"
+
+
+def test_interpolate_opt_in_labels_and_secrets():
+    svc = _dollar_service(interpolate=True)
+    assert svc["labels"]["traefik.rule"] == "Host(`$HOSTNAME`)"
+    st = stack(services=[{"name": "web", "image": "reg/web", "tag": "1", "secrets": ["TOKEN"]}],
+               volumes=[], jobs=[], secret_names=["TOKEN"])
+    # secrets always come from .env through Compose, whatever interpolate says
+    assert cs.compose(st)["services"]["web"]["environment"]["TOKEN"] == "${TOKEN:?TOKEN must be set in .env}"

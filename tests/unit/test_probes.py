@@ -24,6 +24,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        reply = b"%s %s %s" % (self.headers.get("Content-Type", "").encode(),
+                               self.headers.get("X-Token", "").encode(), body)
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
     def log_message(self, *args):
         pass
 
@@ -46,7 +56,8 @@ def https_url(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:edge.example.test",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -64,6 +75,38 @@ def test_http_status_and_body(http_url):
     bad_status = http_probe({"url": http_url + "/other"})
     assert not bad_status.ok and "status 503, expected 200" in bad_status.reason
     assert http_probe({"url": http_url + "/other", "status": [200, 503]}).ok
+
+
+def test_failure_reason_quotes_the_body(http_url):
+    out = http_probe({"url": http_url + "/other"})
+    assert out.reason == "status 503, expected 200: nope"
+    out = http_probe({"url": http_url + "/health", "body_contains": '"version": "3"'})
+    assert out.reason == """status 200, body does not contain '"version": "3"': {"status": "ok", "version": "2"}"""
+    assert http_probe({"url": http_url + "/health", "body_contains": '"version": "2"'}).ok
+
+
+def test_post_with_body_and_headers(http_url):
+    probe = {"url": http_url + "/items", "method": "POST", "status": [201], "body": '{"name": "x"}',
+             "headers": {"Content-Type": "application/json", "X-Token": "t0k"},
+             "body_contains": 'application/json t0k {"name": "x"}'}
+    assert http_probe(probe).ok, http_probe(probe).reason
+
+
+def test_connect_address_keeps_the_url_host(http_url):
+    port = http_url.rsplit(":", 1)[1]
+    out = http_probe({"url": "http://edge.example.test:%s/host" % port, "connect_address": "127.0.0.1",
+                      "body_regex": "^edge\\.example\\.test:%s$" % port})
+    assert out.ok, out.reason
+
+
+def test_https_connect_address_verifies_the_public_name(https_url):
+    url, ca = https_url
+    port = url.rsplit(":", 1)[1]
+    named = "https://edge.example.test:%s/health" % port
+    assert http_probe({"url": named, "connect_address": "127.0.0.1", "ca_file": ca}).ok
+    wrong = http_probe({"url": "https://other.example.test:%s/health" % port, "connect_address": "127.0.0.1",
+                        "ca_file": ca})
+    assert not wrong.ok and "other.example.test" in wrong.reason
 
 
 def test_http_host_header(http_url):

@@ -1,4 +1,10 @@
-"""The backup role's result on each instance."""
+"""The backup role's result on each instance (the schedule from playbooks/backup_schedule.yml)."""
+import shlex
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+BACKUP_LINE = ("15 */6 * * * root cd /opt/keelson/ansible && /opt/keelson/venv/bin/ansible-playbook -i inventories/staging "
+               "playbooks/backup.yml >> /var/log/keelson/backup.log 2>&1")
 
 
 def test_prerequisites_installed(host):
@@ -15,8 +21,7 @@ def test_cron_entries(host):
     lines = [line for line in cron.content_string.splitlines() if line and not line.startswith("#")]
     jobs = [line for line in lines if "ansible-playbook" in line]
     assert jobs == [
-        "15 */6 * * * root cd /opt/keelson/ansible && /opt/keelson/venv/bin/ansible-playbook -i inventories/staging "
-        "playbooks/backup.yml >> /var/log/keelson/backup.log 2>&1",
+        BACKUP_LINE,
         "45 5 * * * root cd /opt/keelson/ansible && /opt/keelson/venv/bin/ansible-playbook -i inventories/staging "
         "playbooks/verify_backups.yml >> /var/log/keelson/verify.log 2>&1",
     ]
@@ -27,3 +32,30 @@ def test_logrotate_config_is_valid(host):
     res = host.run("logrotate --debug /etc/logrotate.d/keelson-backup")
     assert res.rc == 0, res.stderr
     assert "/var/log/keelson/backup.log" in res.stderr + res.stdout
+
+
+def test_readme_shows_exactly_the_line_written():
+    assert BACKUP_LINE in README.read_text().splitlines()
+
+
+def test_the_entry_runs_backup_yml_with_the_inventory_and_logs_rotated(host):
+    """Runs the entry's command as cron would (/bin/sh, in cron's PATH) with a stand-in
+    ansible-playbook that records its directory and arguments, then rotates the log."""
+    entry = [line for line in host.file("/etc/cron.d/keelson-backup").content_string.splitlines()
+             if "playbooks/backup.yml" in line][0]
+    command = entry.split(None, 6)[6]  # after the five time fields and the user
+    stub = "/opt/keelson/venv/bin/ansible-playbook"
+    script = '#!/bin/sh\necho "ran in $PWD: $*"\n'
+    prepare = ("mkdir -p /opt/keelson/ansible /opt/keelson/venv/bin && rm -f /var/log/keelson/backup.log* "
+               "&& printf '%%s' %s > %s && chmod 0755 %s" % (shlex.quote(script), stub, stub))
+    assert host.run(prepare).rc == 0
+    try:
+        res = host.run("env -i PATH=/usr/bin:/bin /bin/sh -c " + shlex.quote(command))
+        assert res.rc == 0, res.stderr
+        log = host.file("/var/log/keelson/backup.log").content_string
+        assert log == "ran in /opt/keelson/ansible: -i inventories/staging playbooks/backup.yml\n"
+        res = host.run("logrotate -f /etc/logrotate.d/keelson-backup")
+        assert res.rc == 0, res.stderr
+        assert host.file("/var/log/keelson/backup.log.1").exists
+    finally:
+        host.run("rm -f %s /var/log/keelson/backup.log*" % stub)

@@ -21,7 +21,7 @@ def test_sslyze_reports_mozilla_intermediate_compliance(host, tmp_path):
     ca_file.write_text(host.file(CA).content_string)
     out = tmp_path / "scan.json"
     res = subprocess.run(
-        [SSLYZE, "--mozilla_config=intermediate", f"--certinfo_ca_file={ca_file}",
+        [SSLYZE, "--mozilla_config=intermediate", "--resum", f"--certinfo_ca_file={ca_file}",
          f"--json_out={out}", f"web.molecule.test:443{{{address}}}"],
         capture_output=True, text=True, timeout=900, check=False)
     print(res.stdout)
@@ -31,5 +31,9 @@ def test_sslyze_reports_mozilla_intermediate_compliance(host, tmp_path):
     assert scan[0]["scan_status"] == "COMPLETED"
     deployments = scan[0]["scan_result"]["certificate_info"]["result"]["certificate_deployments"]
     assert deployments[0]["verified_certificate_chain"], "chain not verified against the internal CA"
+    # Mozilla intermediate: ssl_session_tickets off (resumption by session id only)
+    resumption = scan[0]["scan_result"]["session_resumption"]
+    assert resumption["status"] == "COMPLETED", resumption
+    assert resumption["result"]["tls_ticket_resumption_result"] == "NOT_SUPPORTED", resumption["result"]
     assert res.returncode == 0, res.stdout + res.stderr
     assert "web.molecule.test:443: OK - Compliant." in res.stdout
