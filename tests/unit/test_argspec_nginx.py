@@ -35,3 +35,8 @@ def test_rate_limit_burst_must_be_an_integer():
               "locations": [{"path": "/api/", "limit_req": {"zone": "api", "burst": "lots"}}]}]
     assert_rejected("nginx", {**ENV, "nginx_upstreams": UPSTREAMS, "nginx_sites": sites},
                     "burst", "unable to convert to int")
+
+
+def test_upstream_runtime_must_be_a_boolean():
+    assert_rejected("nginx", {**ENV, "nginx_upstream_runtime": "sometimes"},
+                    "nginx_upstream_runtime", "bool")
