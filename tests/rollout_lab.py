@@ -140,8 +140,8 @@ def start_load(workers=6, baseline=3, rate=10, resend=False):
 
 
 def finish_load(load, reloads_allowed=False):
-    """Stops the load; asserts 0 non-2xx, 0 socket errors, 0 resends and, unless
-    reloads_allowed, that nginx did not reload meanwhile."""
+    """Stops the load; asserts 0 non-2xx, 0 socket errors and, unless reloads_allowed
+    (a benchmark of the reload path), 0 resends and that nginx did not reload meanwhile."""
     end = load.mark("roll_end")
     time.sleep(2)
     load.stop()
@@ -153,8 +153,8 @@ def finish_load(load, reloads_allowed=False):
     during = stats["during"]
     assert during["requests"] > 50, during
     assert during["non_2xx"] == 0 and during["socket_errors"] == 0, during
-    assert during["stale_retries"] == 0 and during["stale_sends"] == 0, during
     if not reloads_allowed:
+        assert during["stale_retries"] == 0 and during["stale_sends"] == 0, during
         assert nginx_processes() == load.nginx_before, "nginx reloaded during the rollout"
     return stats
 
