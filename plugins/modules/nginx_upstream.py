@@ -152,7 +152,9 @@ weight:
   type: int
   sample: 1
 applied_via:
-  description: C(runtime) (control socket, no reload) or C(reload) when the running nginx was (or, in check mode, would be) changed; null when nothing was to apply.
+  description: >-
+    C(runtime) (control socket, no reload) or C(reload) when the running nginx was (or, in check mode, would be)
+    changed; null when nothing was to apply.
   returned: always
   type: str
   sample: runtime
