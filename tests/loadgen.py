@@ -7,10 +7,13 @@ splits them into named time windows and counts non-2xx answers and socket
 errors separately. Standard library only, so the lab and CI need nothing extra.
 
 Servers such as nginx close idle keep-alive connections (on a reload, say), and
-clients like curl and browsers retry a request that hit one; so does this one:
-a request that fails on a reused connection before any byte of the answer
-arrived is sent once more on a fresh connection and counted as a stale
+clients like curl and browsers retry a request that hit one; so does this one by
+default: a request that fails on a reused connection before any byte of the
+answer arrived is sent once more on a fresh connection and counted as a stale
 keep-alive retry, and as a socket error only if that second attempt fails too.
+With resend=False (--no-resend) it behaves like Python requests' defaults, Node's
+agent or any careful client sending a POST: such a request is never sent again
+and counts as a socket error (and as a stale send).
 """
 import argparse
 import collections
@@ -62,6 +65,7 @@ class Sample:
     reused: bool  # (first) sent on a connection that had already served a request
     worker: int
     stale_retry: bool = False
+    stale_send: bool = False  # (first) sent on a keep-alive connection the server had closed
 
     @property
     def ok(self):
@@ -93,6 +97,7 @@ def summarize(samples, windows):
             "non_2xx": len(non_2xx),
             "socket_errors": len(failed),
             "stale_retries": sum(s.stale_retry for s in inside),
+            "stale_sends": sum(s.stale_send for s in inside),
             "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99),
             "max_ms": max(latencies) if latencies else None,
@@ -113,6 +118,9 @@ def summary_line(name, stats):
         ms(stats["p50_ms"]), ms(stats["p99_ms"]), ms(stats["max_ms"]))
     if stats.get("stale_retries"):
         line += ", %d stale keep-alive retries" % stats["stale_retries"]
+    if stats.get("stale_sends", 0) > stats.get("stale_retries", 0):
+        line += ", %d sent on a closed keep-alive connection (not resent)" % (
+            stats["stale_sends"] - stats.get("stale_retries", 0))
     details = ["%s x%d" % item for item in sorted(stats.get("statuses", {}).items())]
     details += ["%s x%d" % item for item in sorted(stats.get("errors", {}).items())]
     if details:
@@ -147,7 +155,7 @@ class Load:
     """Background load against base_url; start(), mark(), stop(), summary()."""
 
     def __init__(self, base_url, ca_file=None, host_header=None, workers=8, mix=None,
-                 slow_ms=300, timeout=15, rate=None, connect_to=None):
+                 slow_ms=300, timeout=15, rate=None, connect_to=None, resend=True):
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError("base_url must be http(s)://host[:port][/prefix]: %r" % base_url)
@@ -162,6 +170,7 @@ class Load:
         self.slow_ms = slow_ms
         self.timeout = timeout
         self.rate = rate
+        self.resend = resend
         # like curl --connect-to: TCP to this address, TLS and Host still the URL's name
         self.connect_to = connect_to
         self.marks = {}
@@ -287,7 +296,7 @@ class Load:
         # http.client drops its socket when the server asked to close, and
         # reopens on the next request; sock tells whether this one is reused.
         reused = conn.sock is not None
-        stale_retry = False
+        stale_retry = stale_send = False
         status = error = upstream = None
         data = b""
         start = time.time()
@@ -297,6 +306,9 @@ class Load:
                 response = self._send(conn, path, body, headers)
             except STALE_ERRORS:
                 if not reused or conn.progress.answered:
+                    raise
+                stale_send = True
+                if not self.resend:
                     raise
                 # The server closed the idle connection and never saw the
                 # request: send it again, once, on a fresh connection.
@@ -312,7 +324,7 @@ class Load:
 
         sample = Sample(kind=kind, path=path, start=start, end=start + latency, status=status,
                         error=error, latency=latency, upstream=upstream, reused=reused,
-                        worker=worker, stale_retry=stale_retry)
+                        worker=worker, stale_retry=stale_retry, stale_send=stale_send)
         if kind == "post" and sample.ok:
             self._remember_id(data)
         return sample
@@ -352,11 +364,14 @@ def main(argv=None):
     parser.add_argument("--slow-ms", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=15)
     parser.add_argument("--mix", type=_parse_mix, help="e.g. get=70,post=20,slow=10")
+    parser.add_argument("--no-resend", action="store_true",
+                        help="never resend a request sent on a keep-alive connection the server closed: an error")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
 
     load = Load(args.url, ca_file=args.ca, host_header=args.host, workers=args.workers,
-                mix=args.mix, slow_ms=args.slow_ms, timeout=args.timeout, rate=args.rate)
+                mix=args.mix, slow_ms=args.slow_ms, timeout=args.timeout, rate=args.rate,
+                resend=not args.no_resend)
     load.start()
     try:
         time.sleep(args.seconds)

@@ -117,20 +117,31 @@ class Playbook:
 AUDIT = Path(tempfile.gettempdir()) / ("keelson-it-audit-%d.log" % os.getpid())
 
 
-def start_load(workers=6, baseline=3, rate=10):
+def nginx_processes():
+    """nginx's master and workers on lb1 (PID, start time, title): every reload replaces
+    all the workers, so an unchanged list means nginx did not reload."""
+    return sorted(on("lb1", "ps", "-C", "nginx", "-o", "pid=,lstart=,args=").splitlines())
+
+
+def start_load(workers=6, baseline=3, rate=10, resend=False):
     """Constant HTTPS load through nginx on lb1: GET, POST (writes to PostgreSQL) and
     10% slow requests, `rate` requests/s per worker (the lab's nginx allows 100 r/s per
-    client on /items, burst 200); `baseline` seconds of it before the mark "roll_start"."""
+    client on /items, burst 200); `baseline` seconds of it before the mark "roll_start".
+    By default a client that never resends: a request sent on a keep-alive connection
+    nginx closed is an error. Notes nginx's processes, for finish_load."""
     assert CA.exists(), "the lab's internal CA is made by site.yml: %s" % CA
     generator = Load("https://%s" % EDGE_NAME, ca_file=str(CA), connect_to=EDGE_ADDRESS, workers=workers,
-                     slow_ms=400, rate=rate)
+                     slow_ms=400, rate=rate, resend=resend)
+    generator.nginx_before = nginx_processes()
     generator.start()
     time.sleep(baseline)
     generator.mark("roll_start")
     return generator
 
 
-def finish_load(load):
+def finish_load(load, reloads_allowed=False):
+    """Stops the load; asserts 0 non-2xx, 0 socket errors and, unless reloads_allowed
+    (a benchmark of the reload path), 0 resends and that nginx did not reload meanwhile."""
     end = load.mark("roll_end")
     time.sleep(2)
     load.stop()
@@ -142,6 +153,9 @@ def finish_load(load):
     during = stats["during"]
     assert during["requests"] > 50, during
     assert during["non_2xx"] == 0 and during["socket_errors"] == 0, during
+    if not reloads_allowed:
+        assert during["stale_retries"] == 0 and during["stale_sends"] == 0, during
+        assert nginx_processes() == load.nginx_before, "nginx reloaded during the rollout"
     return stats
 
 

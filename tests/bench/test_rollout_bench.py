@@ -8,14 +8,22 @@ The roll time is the span of the release records: from the first replica's repla
 the nginx steps between replicas and the batch handover; the monitoring window is off
 here (a deliberate wait, not rolling work). Small size: a rolling
 restart. Full size: a restart, a deploy to the other version and a deploy back, with
-more load workers. Errors must be 0; the timing figures are printed, never asserted."""
+more load workers. Errors must be 0; the timing figures are printed, never asserted.
+
+Reloads: the rollouts take the runtime path (no reload). The load here resends, as curl
+does, so that it can count what a reload costs: for each rollout it prints the p99
+during / p99 before (goal <= 1.2) and the resends (requests sent on a keep-alive
+connection nginx closed; 0 on the runtime path). test_reload_path_resends puts the same
+load through the reloads the reload path made for one rolling restart (a drain and a
+put-back per replica, `systemctl reload nginx`, spaced RELOAD_SPACING apart) and prints
+its resends next to the runtime path's."""
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rollout_lab import (  # noqa: E402
-    APP_HOSTS, Playbook, epoch, finish_load, record_of, run_id, start_load, versions)
+    APP_HOSTS, REPLICAS, Playbook, epoch, finish_load, on, record_of, run_id, start_load, versions)
 
 PLANS = {
     "small": {"workers": 4, "runs": [("rolling_restart.yml", {})]},
@@ -27,6 +35,9 @@ VERSIONS = ("1.0.0", "1.1.0")
 # Production-like gate (10 s stable window), no monitoring window.
 SETTINGS = {"keelson_rollout_monitor_seconds": 0, "keelson_rollout_gate_interval": 0.5,
             "keelson_rollout_gate_stable_seconds": 10}
+# Seconds between two reloads of the reload path stand-in (small: CI; full: about one replica step).
+RELOAD_SPACING = {"small": 2, "full": 8}
+RESENDS = {}
 
 
 def pytest_generate_tests(metafunc):
@@ -44,7 +55,7 @@ def other_version():
 def test_rollout_under_load(bench_size, run):
     playbook, step = run
     extra = {} if step == "same" else {"app_version": other_version()}
-    load = start_load(workers=PLANS[bench_size["name"]]["workers"], baseline=10)
+    load = start_load(workers=PLANS[bench_size["name"]]["workers"], baseline=10, resend=True)
     started = time.time()
     res = Playbook(playbook, dict(SETTINGS, **extra)).run()
     wall = time.time() - started
@@ -70,4 +81,25 @@ def test_rollout_under_load(bench_size, run):
     print("  roll time %.1f s (playbook wall %.1f s), replica steps %.1f s, boot-to-healthy sum %.1f s: "
           "ratio roll/boot %.2f (goal <= 1.5), playbook wall/boot %.2f"
           % (roll, wall, per_replica, boot, roll / boot, wall / boot))
+    print("  p99 during / p99 before: %.2f (goal <= 1.2); resends (runtime path): %d"
+          % (during["p99_ms"] / before["p99_ms"], during["stale_retries"]))
+    RESENDS.setdefault("runtime", []).append(during["stale_retries"])
+    assert during["non_2xx"] == 0 and during["socket_errors"] == 0
+
+
+def test_reload_path_resends(bench_size):
+    """The reloads one rolling restart made on the reload path, under the same load."""
+    reloads = 2 * len(APP_HOSTS) * len(REPLICAS)
+    load = start_load(workers=PLANS[bench_size["name"]]["workers"], baseline=10, resend=True)
+    for _ in range(reloads):
+        on("lb1", "systemctl", "reload", "nginx")
+        time.sleep(RELOAD_SPACING[bench_size["name"]])
+    stats = finish_load(load, reloads_allowed=True)
+    before, during = stats["before"], stats["during"]
+    runtime = RESENDS.get("runtime", [])
+    print("\nreload path (%d reloads, %d s apart): %d requests, %d resends (%.2f%%), %d non-2xx, %d socket errors, "
+          "p99 during / before %.2f | runtime path resends: %s"
+          % (reloads, RELOAD_SPACING[bench_size["name"]], during["requests"], during["stale_retries"],
+             100.0 * during["stale_retries"] / during["requests"], during["non_2xx"], during["socket_errors"],
+             during["p99_ms"] / before["p99_ms"], ", ".join(map(str, runtime)) or "not run"))
     assert during["non_2xx"] == 0 and during["socket_errors"] == 0

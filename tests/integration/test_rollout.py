@@ -5,7 +5,9 @@ The tests run in file order, each starting from the state the previous one left:
 1.0.0 from site.yml -> plan -> deploy 1.1.0 -> restart -> three broken releases (only
 the canary touched, rolled back) -> rollback to 1.0.0 -> a late failure (all hosts end
 on 1.0.0) -> a second deploy refused by the lock -> a dead run's lock released by name ->
-a controller killed mid-rollout and the rerun. Every rollout asserts 0 non-2xx and 0 socket errors in the load."""
+a controller killed mid-rollout and the rerun. The load never resends (a request sent on a
+keep-alive connection nginx closed is an error, as for Python requests or Node's agent), and
+every rollout asserts 0 non-2xx, 0 socket errors, 0 resends and no nginx reload."""
 import json
 import os
 import re

@@ -74,3 +74,8 @@ def test_empty_cipher_list_is_refused_before_any_change():
     rc, out = run_role("nginx", {**ENV, "nginx_ssl_ciphers": ""}, "validate")
     assert rc != 0 and "nginx_ssl_ciphers is empty" in out, out
     assert "UNREACHABLE" not in out
+
+
+def test_upstream_runtime_must_be_a_boolean():
+    assert_rejected("nginx", {**ENV, "nginx_upstream_runtime": "sometimes"},
+                    "nginx_upstream_runtime", "bool")

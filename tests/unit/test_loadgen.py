@@ -381,6 +381,23 @@ def test_idle_close_of_a_keep_alive_connection_is_retried(api, ca):
     assert ", 1 stale keep-alive retries" in summary_line("all", stats)
 
 
+def test_never_resend_counts_a_request_on_a_closed_keep_alive_connection_as_an_error(api, ca):
+    """resend=False: what Python requests' defaults or Node's agent do; nothing is sent twice."""
+    load = Load(api.url, ca_file=ca, workers=1, slow_ms=5, resend=False)
+
+    with load:
+        wait_for(lambda: len(load.results()) >= 5)
+        api.hang_up_next = 1  # like an nginx reload closing the idle connection
+        wait_for(lambda: ok_after_error(load, 3))
+    samples = load.results()
+    stats = load.summary()["all"]
+    assert (stats["socket_errors"], stats["stale_retries"], stats["stale_sends"]) == (1, 0, 1)
+    failed = next(s for s in samples if s.error)
+    assert failed.reused and failed.stale_send and not failed.stale_retry and failed.status is None
+    assert len(api.requests) == len(samples) - 1  # the failed request never reached the server
+    assert ", 1 sent on a closed keep-alive connection (not resent)" in summary_line("all", stats)
+
+
 def test_every_method_is_retried_on_a_closed_keep_alive_connection(api, ca):
     api.mode = "hangup"  # every connection is closed after its first answer
     load = Load(api.url, ca_file=ca, workers=2, slow_ms=5)

@@ -1,15 +1,23 @@
-"""Upstream include files in the nginx role's format; the /proc reading against real processes.
-The reload and drain against a real nginx are in molecule/rollout_modules."""
+"""Upstream include files in the nginx role's format; the /proc reading against real processes;
+the control socket client against a real unix-socket HTTP server answering as the Lua control
+endpoint does. The reload and drain against a real nginx are in molecule/rollout_modules, the
+runtime path against the lab's nginx in tests/integration/test_nginx_runtime.py."""
+import http.server
+import json
 import os
+import socketserver
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 
 import pytest
 
+from ansible_collections.keelson.stack.plugins.filter.nginx_upstream import nginx_runtime_upstreams
 from ansible_collections.keelson.stack.plugins.module_utils.nginx_upstream import (
-    UpstreamError, newest_worker_start, parse_backends, set_backend_state, set_upstream_backend,
-    wait_for_drain, workers, write_atomically)
+    Control, ControlUnavailable, UpstreamError, newest_worker_start, parse_backends, parse_servers,
+    set_backend_state, set_upstream_backend, wait_for_drain, workers, write_atomically)
 
 FILE = (
     "server 172.30.77.21:8001 max_fails=3 fail_timeout=10s;\n"
@@ -129,3 +137,154 @@ def test_set_upstream_backend_check_mode_and_idempotence(tmp_path):
     assert parse_backends(path.read_text())["172.30.77.21:8001"] == "down"
     res = set_upstream_backend(str(path), "172.30.77.21:8001", "down", run, pid_file=str(tmp_path / "none.pid"))
     assert not res["changed"] and res["previous_state"] == "down"
+
+
+def test_weights_are_parsed_and_written_in_place():
+    text = FILE.replace("21:8002 max_fails", "21:8002 weight=5 max_fails")
+    assert parse_servers(text)["172.30.77.21:8002"] == {"state": "up", "weight": 5}
+    assert parse_servers(text)["172.30.77.22:8001"] == {"state": "down", "weight": 1}
+    after = set_backend_state(text, "172.30.77.21:8001", "up", weight=9)
+    assert after.splitlines()[0] == "server 172.30.77.21:8001 weight=9 max_fails=3 fail_timeout=10s;"
+    # weight 1 is nginx's default: written as no parameter, so the role's file and this agree
+    assert set_backend_state(after, "172.30.77.21:8001", "up", weight=1).splitlines()[0] == FILE.splitlines()[0]
+    # no weight given: the backend keeps its own
+    assert "weight=5 max_fails=3 fail_timeout=10s down;" in set_backend_state(text, "172.30.77.21:8002", "down")
+
+
+@pytest.mark.parametrize("weight", [0, -1, 1001, True, "3", 2.5])
+def test_bad_weights_are_refused(weight):
+    with pytest.raises(UpstreamError, match="weight must be an integer from 1 to 1000"):
+        set_backend_state(FILE, "172.30.77.21:8001", "up", weight=weight)
+
+
+def test_runtime_upstreams_are_the_ipv4_only_ones():
+    upstreams = [{"name": "api", "servers": [{"host": "10.0.0.21", "port": 8001}]},
+                 {"name": "named", "servers": [{"host": "app1.internal", "port": 8001}]},
+                 {"name": "empty", "servers": []}]
+    assert nginx_runtime_upstreams(upstreams) == ["api"]
+
+
+class FakeNginxControl(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Answers GET/POST /upstreams/NAME as roles/nginx/files/keelson_upstreams.lua does,
+    and records every POST; ``in_flight`` counts down one per GET (requests finishing)."""
+    daemon_threads = True
+
+    def __init__(self, path, backends):
+        self.backends = backends
+        self.posts = []
+        super().__init__(path, ControlHandler)
+
+
+class ControlHandler(http.server.BaseHTTPRequestHandler):
+    def address_string(self):
+        return "unix"
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status, doc):
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path != "/upstreams/api":
+            return self.answer(404, {"error": "unknown upstream"})
+        for backend in self.server.backends.values():
+            backend["in_flight"] = max(0, backend["in_flight"] - 1)
+        self.answer(200, {"upstream": "api", "backends": self.server.backends})
+
+    def do_POST(self):
+        fields = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+        self.server.posts.append(fields)
+        backend = self.server.backends.get(fields["backend"])
+        if backend is None:
+            return self.answer(404, {"error": "backend %s is not in upstream api" % fields["backend"]})
+        backend["state"] = fields["state"]
+        backend["weight"] = int(fields.get("weight", backend["weight"]))
+        self.answer(200, {"upstream": "api", "backends": self.server.backends})
+
+
+@pytest.fixture
+def control(tmp_path):
+    path = str(tmp_path / "control.sock")
+    backends = {address: {"state": state, "weight": 1, "in_flight": 0, "failures": 0, "skipped": False}
+                for address, state in parse_backends(FILE).items()}
+    server = FakeNginxControl(path, backends)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, Control(path)
+    server.shutdown()
+    server.server_close()
+
+
+def test_runtime_path_writes_the_file_then_tells_nginx_and_waits_for_in_flight(tmp_path, control):
+    server, client = control
+    path = tmp_path / "api.conf"
+    path.write_text(FILE)
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return 0, "", ""
+
+    server.backends["172.30.77.21:8001"]["in_flight"] = 3
+    res = set_upstream_backend(str(path), "172.30.77.21:8001", "down", run, control=client, upstream="api",
+                               pid_file=str(tmp_path / "none.pid"), sleep=lambda s: None)
+    assert res["applied_via"] == "runtime" and not res["reloaded"] and res["changed"]
+    assert res["drained"] and res["in_flight"] == 0 and res["old_workers_remaining"] is None
+    assert calls == [["nginx", "-t"]]  # validated, never reloaded
+    assert parse_backends(path.read_text())["172.30.77.21:8001"] == "down"
+    assert server.posts == [{"backend": "172.30.77.21:8001", "state": "down"}]
+    # again: file and nginx agree, nothing is sent
+    res = set_upstream_backend(str(path), "172.30.77.21:8001", "down", run, control=client, upstream="api")
+    assert not res["changed"] and res["applied_via"] is None and len(server.posts) == 1
+
+
+def test_runtime_path_repairs_a_file_that_nginx_was_never_told(tmp_path, control):
+    """A run killed between writing the file and telling nginx: the file already says down."""
+    server, client = control
+    path = tmp_path / "api.conf"
+    path.write_text(set_backend_state(FILE, "172.30.77.21:8002", "down"))
+    check = set_upstream_backend(str(path), "172.30.77.21:8002", "down", None, check_mode=True, control=client,
+                                 upstream="api")
+    assert check["changed"] and not check["file_changed"] and check["applied_via"] == "runtime"
+    assert server.posts == []
+    res = set_upstream_backend(str(path), "172.30.77.21:8002", "down", None, control=client, upstream="api")
+    assert res["changed"] and not res["file_changed"] and res["backup"] is None
+    assert server.backends["172.30.77.21:8002"]["state"] == "down"
+
+
+def test_runtime_path_sets_a_weight(tmp_path, control):
+    server, client = control
+    path = tmp_path / "api.conf"
+    path.write_text(FILE)
+    res = set_upstream_backend(str(path), "172.30.77.22:8001", "up", lambda argv: (0, "", ""), weight=4,
+                               control=client, upstream="api")
+    assert res["applied_via"] == "runtime" and res["weight"] == 4 and res["drained"] is None
+    assert server.posts == [{"backend": "172.30.77.22:8001", "state": "up", "weight": "4"}]
+    assert "server 172.30.77.22:8001 weight=4 max_fails=3 fail_timeout=10s;" in path.read_text()
+
+
+def test_a_backend_the_running_nginx_does_not_know_falls_back_to_the_reload(tmp_path, control):
+    server, client = control
+    del server.backends["172.30.77.22:8001"]
+    path = tmp_path / "api.conf"
+    path.write_text(FILE)
+    res = set_upstream_backend(str(path), "172.30.77.22:8001", "up", lambda argv: (0, "", ""), control=client,
+                               upstream="api", pid_file=str(tmp_path / "none.pid"))
+    assert res["runtime_unavailable"] == "the running nginx does not know backend 172.30.77.22:8001 of api yet"
+    assert res["applied_via"] is None and res["warnings"]  # reload path, and nginx is not running here
+    assert server.posts == []
+
+
+def test_control_unavailable_says_why(tmp_path, control):
+    server, client = control
+    with pytest.raises(ControlUnavailable, match="no control socket at"):
+        Control(str(tmp_path / "absent.sock")).status("api")
+    with pytest.raises(ControlUnavailable, match="without runtime state"):
+        client.status("other")
+    with pytest.raises(UpstreamError, match="refused 10.9.9.9:1 down: 404 backend 10.9.9.9:1 is not in"):
+        client.set("api", "10.9.9.9:1", "down")

@@ -142,6 +142,9 @@ def test_upstream_contract_files(host):
     upstreams = host.file("/etc/nginx/keelson/upstreams.conf").content_string
     assert "include /etc/nginx/keelson/upstreams/app.conf;" in upstreams
     assert "keepalive 16;" in upstreams
+    # the runtime balancer, with nginx's keepalive cache declared after it (so it wraps it)
+    block = upstreams[upstreams.index("upstream app {"):]
+    assert block.index("balancer_by_lua_block") < block.index("keepalive 16;")
 
 
 def test_stub_status_on_loopback(host):
@@ -245,3 +248,31 @@ def test_cipher_override_is_served(host):
     assert host.run(base + " --ciphers ECDHE-RSA-AES128-GCM-SHA256").rc == 0
     # in the intermediate profile, left out by nginx_ssl_ciphers
     assert host.run(base + " --ciphers DHE-RSA-AES128-GCM-SHA256").rc != 0
+
+
+def test_runtime_backend_state_through_the_control_socket(host):
+    """The Lua balancer serves app from the upstream file, and the root-only control socket
+    changes a backend without a reload (the workers stay the same processes)."""
+    sock = "/run/keelson-nginx/control.sock"
+    assert host.file("/run/keelson-nginx").mode == 0o700
+    assert host.file("/etc/tmpfiles.d/keelson-nginx.conf").contains("/run/keelson-nginx 0700 root root")
+    with host.sudo():
+        state = json.loads(host.check_output(f"curl -sS --unix-socket {sock} http://lb/upstreams/app"))
+        assert {a: b["state"] for a, b in state["backends"].items()} == {
+            "127.0.0.1:8001": "up", "127.0.0.1:8002": "up"}
+        workers = host.check_output("pgrep -f 'nginx: worker process' | sort")
+        refused = host.run(f"curl -sS -w '%{{http_code}}' -o /dev/null --unix-socket {sock} "
+                           "-d 'backend=127.0.0.1:8001&weight=0' http://lb/upstreams/app")
+        assert refused.stdout == "400"
+        host.check_output(f"curl -sS --unix-socket {sock} -d 'backend=127.0.0.1:8001&state=down' "
+                          "http://lb/upstreams/app")
+        try:
+            for _ in range(6):
+                status, _, _ = curl(host, f"https://{WEB}/", "--cacert", CA)
+                assert status == 200
+            assert host.check_output("pgrep -f 'nginx: worker process' | sort") == workers
+        finally:
+            host.check_output(f"curl -sS --unix-socket {sock} -d 'backend=127.0.0.1:8001&state=up' "
+                              "http://lb/upstreams/app")
+    last = [json.loads(line) for line in host.file("/var/log/nginx/access.log").content_string.splitlines()[-6:]]
+    assert {entry["upstream_addr"] for entry in last} == {"127.0.0.1:8002"}
