@@ -11,8 +11,10 @@ import errno
 import fcntl
 import os
 import re
+import signal
 import socket
 import tempfile
+import threading
 
 
 class LockHeld(Exception):
@@ -97,3 +99,31 @@ def write_metrics(metrics_dir, file_stem, labels, metrics):
             os.unlink(tmp)
         raise
     return path
+
+
+def stop_on_signals(deadline, signals=(signal.SIGTERM, signal.SIGHUP, signal.SIGINT), watch_parent=True):
+    """Turns SIGTERM (cron's timeout, systemd), SIGHUP and SIGINT into a stop of
+    the run's deadline, so the run ends through its ordinary failure path: children
+    killed and reaped, the multipart upload aborted, the lock released, the
+    failure metric written. The handler only records the stop; the threads
+    waiting on the deadline do the rest (a handler that raised could cut a
+    cleanup in half).
+
+    watch_parent: also stop when this process is re-parented (the controller's
+    connection and the shell that ran us are gone), so an orphaned run does not
+    go on until its deadline."""
+    def handler(signum, _frame):
+        deadline.stop("the run was stopped by %s" % signal.Signals(signum).name)
+
+    for signum in signals:
+        signal.signal(signum, handler)
+    if watch_parent:
+        parent = os.getppid()
+
+        def watch():
+            while not deadline.sleep(1.0):
+                if os.getppid() != parent:
+                    deadline.stop("the run was orphaned (its parent process %d ended)" % parent)
+        thread = threading.Thread(target=watch, name="backup-parent-watch")
+        thread.daemon = True
+        thread.start()
