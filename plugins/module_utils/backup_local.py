@@ -42,7 +42,13 @@ class DatabaseLock(object):
                 os.close(fd)
                 raise
             holder = os.read(fd, 512).decode("utf-8", "replace").strip() or "unknown holder"
+            holders = lock_holders(os.path.realpath(self.path))
             os.close(fd)
+            recorded = re.match(r"pid (\d+) ", holder)
+            if recorded and not pid_alive(int(recorded.group(1))):
+                raise LockHeld("%s of %s is locked by a stale holder: %s is gone, but pid(s) %s inherited the lock "
+                               "(lock %s)" % (self.purpose, self.name, holder, ", ".join(map(str, holders)) or "?",
+                                              self.path))
             raise LockHeld("%s of %s is locked by another run (%s, lock %s)" % (
                 self.purpose, self.name, holder, self.path))
         os.ftruncate(fd, 0)
@@ -57,6 +63,36 @@ class DatabaseLock(object):
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def pid_alive(pid):
+    """True when `pid` runs (a zombie counts as gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def lock_holders(path):
+    """pids (other than ours) with `path` open: who keeps a flock that its
+    recorded holder, now dead, passed on to a child."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % entry)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%s/fd/%s" % (entry, fd)) == path:
+                    pids.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return sorted(pids)
 
 
 def _label(value):
