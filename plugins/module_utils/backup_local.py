@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import re
+import select
 import signal
 import socket
 import tempfile
@@ -145,9 +146,11 @@ def stop_on_signals(deadline, signals=(signal.SIGTERM, signal.SIGHUP, signal.SIG
     waiting on the deadline do the rest (a handler that raised could cut a
     cleanup in half).
 
-    watch_parent: also stop when this process is re-parented (the controller's
-    connection and the shell that ran us are gone), so an orphaned run does not
-    go on until its deadline."""
+    watch_parent: also stop when the controller is gone: this process re-parented
+    (the shell that ran us ended) or the reader of our stdout gone (sshd closed
+    the session: the pipe reports POLLERR), so an orphaned run does not go on
+    until its deadline. A `docker exec` session shows neither when its client is
+    killed; there the run's own bounds end it."""
     def handler(signum, _frame):
         deadline.stop("the run was stopped by %s" % signal.Signals(signum).name)
 
@@ -155,11 +158,15 @@ def stop_on_signals(deadline, signals=(signal.SIGTERM, signal.SIGHUP, signal.SIG
         signal.signal(signum, handler)
     if watch_parent:
         parent = os.getppid()
+        stdout = select.poll()
+        stdout.register(1, 0)  # only POLLERR / POLLHUP / POLLNVAL are reported
 
         def watch():
             while not deadline.sleep(1.0):
                 if os.getppid() != parent:
                     deadline.stop("the run was orphaned (its parent process %d ended)" % parent)
+                elif any(events & (select.POLLERR | select.POLLHUP) for _fd, events in stdout.poll(0)):
+                    deadline.stop("the run was orphaned (the controller's connection closed)")
         thread = threading.Thread(target=watch, name="backup-parent-watch")
         thread.daemon = True
         thread.start()
