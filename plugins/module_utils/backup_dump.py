@@ -102,7 +102,7 @@ def _upload(s3, bucket, key, conn, argv, recipients, workers, deadline, tee_argv
 def _delete_quietly(s3, bucket, keys):
     for key in keys:
         try:  # a budget of its own: the run's deadline may be what ended it
-            s3.call("delete_object", deadline=Deadline(), Bucket=bucket, Key=key)
+            s3.call("delete_object", deadline=Deadline(), policy=s3.patient(), Bucket=bucket, Key=key)
         except Exception:  # best effort: an object without a manifest is never restored or pruned
             pass
 

@@ -205,16 +205,23 @@ class BoundedS3(object):
         self.deadline = deadline or Deadline(clock=clock)
         self.clock = clock
 
-    def call(self, operation, what=None, deadline=None, **kwargs):
-        """One S3 operation, retried; `deadline` overrides the client's (an abort
-        gets a fresh one, since the run's deadline may be what ended it)."""
+    def call(self, operation, what=None, deadline=None, policy=None, **kwargs):
+        """One S3 operation, retried; `deadline` and `policy` override the client's
+        (an abort gets a fresh deadline, since the run's may be what ended it, and
+        a longer policy, since the stall that failed the run may still last)."""
         method = getattr(self.client, operation)
         if what is None:
             what = operation_name(operation)
             target = kwargs.get("Key") or kwargs.get("Prefix") or kwargs.get("Bucket")
             if target:
                 what += " " + target
-        return call(lambda: method(**kwargs), what, self.policy, deadline or self.deadline, self.clock)
+        return call(lambda: method(**kwargs), what, policy or self.policy, deadline or self.deadline, self.clock)
+
+    def patient(self):
+        """The policy for cleanup calls (abort, delete): at least 5 attempts and pauses up to 10 s."""
+        p = self.policy
+        return Policy(attempts=max(5, p.attempts), base_delay=p.base_delay, max_delay=max(10, p.max_delay),
+                      connect_timeout=p.connect_timeout, read_timeout=p.read_timeout, rand=p.rand)
 
     def __getattr__(self, operation):
         if operation.startswith("_"):

@@ -318,7 +318,7 @@ def upload_stream(client, bucket, key, stream, workers=1, content_type="applicat
         try:
             # Its own budget: the run's deadline may be what ended it.
             s3.call("abort_multipart_upload", what="the abort of upload %s" % upload_id, deadline=Deadline(),
-                    Bucket=bucket, Key=key, UploadId=upload_id)
+                    policy=s3.patient(), Bucket=bucket, Key=key, UploadId=upload_id)
         except Exception:  # the original error matters more; a leftover upload is reported by its id
             pass
         try:
