@@ -380,6 +380,14 @@ def assert_nothing_left(lab, s3, prefix, database):
     assert open_uploads(lab, s3, prefix) == []
 
 
+def failure(proc, output, pattern):
+    """The run failed with one summary line matching `pattern`."""
+    assert proc.returncode != 0
+    lines = summaries(output)
+    assert len(lines) == 1 and lines[0][2] == "FAILED", output
+    assert re.search(pattern, lines[0][3]), lines[0][3]
+
+
 def timed(label, started):
     import time
     print("%s: %.1f s" % (label, time.monotonic() - started))
@@ -418,11 +426,8 @@ def test_s3_stalled_past_the_read_timeout_fails_naming_the_part(lab, s3, run_pre
     finally:
         output = finish(proc, vars_file)
     timed("stall past a 5 s read timeout, 2 attempts", started)
-    assert proc.returncode != 0
-    lines = summaries(output)
-    assert len(lines) == 1 and lines[0][2] == "FAILED", output
-    assert re.search(r"^S3 did not answer for 5 s during part \d+ \(2 attempts in \d+ s\); "
-                     r"upload of \S+/dump.pgc \(multipart upload \S+ aborted\)", lines[0][3]), lines[0][3]
+    failure(proc, output, r"^S3 did not answer for 5 s during part \d+ \(2 attempts in \d+ s\); "
+                          r"upload of \S+/dump.pgc \(multipart upload \S+ aborted\)")
     assert_nothing_left(lab, s3, prefix, big_db)
     assert committed(lab, s3, prefix, big_db) == before  # the previous backup is still the newest
     metrics = lab.sh("cat /var/lib/prometheus/node-exporter/keelson_backup_%s.prom" % big_db).stdout
@@ -520,10 +525,7 @@ def test_stalled_restore_download_fails_before_any_database_is_touched(lab, s3, 
     finally:
         output = finish(proc, vars_file)
     timed("restore download stalled past a 5 s read timeout", started)
-    assert proc.returncode != 0
-    lines = summaries(output)
-    assert len(lines) == 1 and lines[0][2] == "FAILED", output
-    assert re.search(r"S3 did not answer for 5 s during the download of \S+ \(2 attempts in \d+ s\); "
-                     r"no database was touched", lines[0][3]), lines[0][3]
+    failure(proc, output, r"S3 did not answer for 5 s during the download of \S+ \(2 attempts in \d+ s\); "
+                          r"no database was touched")
     assert lab.databases() == before
     assert lab.sh("ls -d /var/tmp/keelson-restore-* 2>/dev/null; true").stdout.strip() == ""
