@@ -155,8 +155,22 @@ def classify(exc, policy):
         return True, "could not connect to S3 (%s)" % _first_line(exc)
     if names & {"ConnectionClosedError", "ConnectionResetError", "BrokenPipeError", "ProtocolError",
                 "IncompleteRead", "HTTPClientError", "ConnectionError"}:
+        if _timed_out(exc):  # botocore reports a send that timed out as a closed connection
+            return True, "S3 stopped reading the request (sending timed out)"
         return True, "S3 closed the connection (%s)" % _first_line(exc)
     return False, _first_line(exc)
+
+
+def _timed_out(exc, depth=0):
+    """Whether a socket timeout is somewhere inside `exc` (botocore keeps the
+    urllib3 error in kwargs["error"], urllib3 the socket error in args)."""
+    if depth > 5 or exc is None:
+        return False
+    if isinstance(exc, TimeoutError) or "timed out" in str(exc).lower():
+        return True
+    inner = list(getattr(exc, "args", ()) or ()) + [(getattr(exc, "kwargs", None) or {}).get("error"),
+                                                     exc.__cause__, exc.__context__]
+    return any(_timed_out(e, depth + 1) for e in inner if isinstance(e, BaseException))
 
 
 def _first_line(exc):

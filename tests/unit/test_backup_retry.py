@@ -18,6 +18,14 @@ class ConnectTimeoutError(Exception):
     pass
 
 
+class ConnectionClosedError(Exception):
+    """botocore's, wrapping urllib3's ProtocolError("Connection aborted.", TimeoutError) in kwargs."""
+
+    def __init__(self, error):
+        Exception.__init__(self, "Connection was closed before we received a valid response from endpoint URL")
+        self.kwargs = {"error": error}
+
+
 class ClientError(Exception):
     def __init__(self, code, status):
         Exception.__init__(self, code)
@@ -82,6 +90,10 @@ def test_errors_that_retrying_cannot_fix_are_raised_at_once():
     (TimeoutError("timed out"), True, "S3 did not answer for 60 s"),
     (ConnectTimeoutError("Connect timeout"), True, "could not connect to S3 within 10 s"),
     (ConnectionResetError(104, "Connection reset by peer"), True, "S3 closed the connection ([Errno 104] Connection reset by peer)"),
+    (ConnectionClosedError(Exception("Connection aborted.", TimeoutError("timed out"))), True,
+     "S3 stopped reading the request (sending timed out)"),
+    (ConnectionClosedError(Exception("Connection aborted.", ConnectionResetError(104, "reset"))), True,
+     "S3 closed the connection (Connection was closed before we received a valid response from endpoint URL)"),
     (ClientError("SlowDown", 503), True, "S3 answered 503 SlowDown: try later"),
     (ClientError("InternalError", 500), True, "S3 answered 500 InternalError: try later"),
     (ClientError("WeirdGatewayThing", 502), True, "S3 answered 502 WeirdGatewayThing: try later"),
