@@ -256,9 +256,9 @@ class _Parts(object):
         thread.start()
 
     def wait_all(self, during):
-        for _ in range(self.workers):
+        for dummy in range(self.workers):
             self._acquire(during)
-        for _ in range(self.workers):
+        for dummy in range(self.workers):
             self.slots.release()
         self.check(during)
 
