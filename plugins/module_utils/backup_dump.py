@@ -143,6 +143,8 @@ def run_backup(params, check_mode=False, deadline=None):
                 plan["msg"] = "would back up %s to s3://%s/%s" % (database, bucket, dump_key)
                 return plan
 
+            if params.get("lock_wait_timeout"):  # the row counts take the same table locks as pg_dump
+                session.query("SET lock_timeout = '%ds';" % params["lock_wait_timeout"])
             snapshot = session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
                                      "SELECT pg_catalog.pg_export_snapshot();")[-1]
             # Counted while pg_dump runs, in the snapshot pg_dump uses.
@@ -195,7 +197,7 @@ def run_backup(params, check_mode=False, deadline=None):
             except Exception as exc:
                 raise BackupError(backup_s3.describe_error(exc, "PutObject %s" % manifest_key))
         except BaseException:
-            session.close()
+            session.close(patience=5)
             _delete_quietly(s3, bucket, uploaded)
             raise
 

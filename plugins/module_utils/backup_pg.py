@@ -167,7 +167,9 @@ class PsqlSession(object):
         self.send(sql)
         return self.result()
 
-    def close(self):
+    def close(self, patience=30):
+        """Ends the session (ROLLBACK, quit); kills psql after `patience` seconds
+        (short on a failed run: a count may be stuck behind a lock)."""
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.write("ROLLBACK;\n\\q\n")
@@ -175,7 +177,7 @@ class PsqlSession(object):
             except (BrokenPipeError, OSError):
                 pass
             try:
-                self.proc.wait(timeout=5 if self.deadline is not None and self.deadline.stopped() else 30)
+                self.proc.wait(timeout=patience)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
