@@ -448,9 +448,12 @@ def test_sigterm_mid_upload_ends_the_run_cleanly(lab, s3, run_prefix, big_db):
     try:
         wait_for(lambda: proc.poll() is not None or uploaded_parts(lab, s3, prefix), "a stored part")
         assert proc.poll() is None, "the backup ended before it could be stopped"
+        # exactly our module: the python process running this run's AnsiballZ_pg_backup
+        pids = lab.sh("pgrep -f '^/usr/bin/python3 .*AnsiballZ_pg_backup.py'; true").stdout.split()
+        assert len(pids) == 1, pids
         with lab.stall_s3():  # holds the run mid-upload while it is stopped; resumed so the abort can succeed
             started = time.monotonic()
-            lab.sh("pkill -TERM -f '^/usr/bin/python3 .*AnsiballZ_pg_backup.py'")
+            lab.sh("kill -TERM %s" % pids[0])
             subprocess.run(["sleep", "3"], check=True)
     finally:
         output = finish(proc, vars_file)
