@@ -168,8 +168,8 @@ def _timed_out(exc, depth=0):
         return False
     if isinstance(exc, TimeoutError) or "timed out" in str(exc).lower():
         return True
-    inner = list(getattr(exc, "args", ()) or ()) + [(getattr(exc, "kwargs", None) or {}).get("error"),
-                                                     exc.__cause__, exc.__context__]
+    wrapped = (getattr(exc, "kwargs", None) or {}).get("error")
+    inner = list(getattr(exc, "args", ()) or ()) + [wrapped, exc.__cause__, exc.__context__]
     return any(_timed_out(e, depth + 1) for e in inner if isinstance(e, BaseException))
 
 
