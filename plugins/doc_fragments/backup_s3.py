@@ -35,4 +35,24 @@ options:
     description: S3 region name.
     type: str
     default: us-east-1
+  s3_connect_timeout:
+    description: Seconds to wait for a TCP connection to S3 before the attempt counts as failed.
+    type: int
+    default: 10
+  s3_read_timeout:
+    description:
+      - Seconds S3 may stay silent (no byte sent or received) before the attempt counts as failed.
+      - Short enough to notice a stalled server, long enough for a slow one to answer a part.
+    type: int
+    default: 60
+  s3_attempts:
+    description:
+      - Attempts per S3 call (each part upload on its own; the dump stream is never restarted) for transient
+        errors (timeouts, connection resets, 5xx, C(SlowDown)). Errors such as C(AccessDenied) are not retried.
+    type: int
+    default: 5
+  s3_retry_max_delay:
+    description: Longest pause between two attempts; pauses double from 1 s up to it, with jitter.
+    type: int
+    default: 20
 """

@@ -13,6 +13,10 @@ S3_ARGS = dict(
     s3_access_key=dict(type="str", required=True, no_log=True),
     s3_secret_key=dict(type="str", required=True, no_log=True),
     s3_region=dict(type="str", default="us-east-1"),
+    s3_connect_timeout=dict(type="int", default=10),
+    s3_read_timeout=dict(type="int", default=60),
+    s3_attempts=dict(type="int", default=5),
+    s3_retry_max_delay=dict(type="int", default=20),
 )
 
 PG_ARGS = dict(

@@ -21,6 +21,8 @@ from ansible_collections.keelson.stack.plugins.module_utils.backup_local import 
 from ansible_collections.keelson.stack.plugins.module_utils.backup_pg import (
     ROW_COUNT_SQL, Connection, PgError, PsqlSession, choose_compression, parse_row_counts,
     tool_version, toc_entries, toc_sha256)
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import (
+    BoundedS3, Deadline, Policy, RunStopped, S3Unavailable, default_deadline)
 from ansible_collections.keelson.stack.plugins.module_utils.backup_stream import (
     Producer, ProducerStream, Tee, upload_stream)
 
@@ -49,9 +51,20 @@ def connection_from(params):
                       os_user=params.get("pg_os_user"))
 
 
-def s3_from(params):
-    return backup_s3.client(params.get("s3_endpoint_url"), params.get("s3_access_key"),
-                            params.get("s3_secret_key"), params.get("s3_region") or "us-east-1")
+def policy_from(params):
+    return Policy(attempts=params.get("s3_attempts") or 5, max_delay=params.get("s3_retry_max_delay") or 20,
+                  connect_timeout=params.get("s3_connect_timeout") or 10,
+                  read_timeout=params.get("s3_read_timeout") or 60)
+
+
+def s3_from(params, deadline=None):
+    """The bounded S3 client of backup, restore, verify and prune: every call
+    has the connect/read timeouts and the retry policy of `params`."""
+    policy = policy_from(params)
+    raw = backup_s3.client(params.get("s3_endpoint_url"), params.get("s3_access_key"),
+                           params.get("s3_secret_key"), params.get("s3_region") or "us-east-1",
+                           connect_timeout=policy.connect_timeout, read_timeout=policy.read_timeout)
+    return BoundedS3(raw, policy, deadline)
 
 
 def age_argv(recipients):
@@ -61,7 +74,7 @@ def age_argv(recipients):
     return argv
 
 
-def _upload(s3, bucket, key, conn, argv, recipients, workers, tee_argv=None):
+def _upload(s3, bucket, key, conn, argv, recipients, workers, deadline, tee_argv=None):
     """Streams one producer (plus age when there are recipients) to `key`."""
     kwargs = conn.popen_kwargs()
     producers = [Producer(argv[0], argv, env=kwargs["env"], user=kwargs.get("user"))]
@@ -70,12 +83,14 @@ def _upload(s3, bucket, key, conn, argv, recipients, workers, tee_argv=None):
     tee = Tee(tee_argv, env=kwargs["env"], user=kwargs.get("user")) if tee_argv else None
     stream = ProducerStream(producers, tee=tee)
     try:
-        parts = upload_stream(s3, bucket, key, stream, workers=workers)
+        parts = upload_stream(s3, bucket, key, stream, workers=workers, deadline=deadline)
     except Exception as exc:
         if tee is not None:
-            tee.result()
+            tee.kill()
         upload = getattr(exc, "aborted_upload_id", None)
         what = "upload of %s%s" % (key, " (multipart upload %s aborted)" % upload if upload else "")
+        if isinstance(exc, (S3Unavailable, RunStopped)):  # the cause first: it is what the operator must read
+            raise BackupError("%s; %s" % (exc, what))
         if hasattr(exc, "response"):
             raise BackupError(backup_s3.describe_error(exc, what))
         raise BackupError("%s: %s" % (what, exc))
@@ -86,13 +101,16 @@ def _upload(s3, bucket, key, conn, argv, recipients, workers, tee_argv=None):
 
 def _delete_quietly(s3, bucket, keys):
     for key in keys:
-        try:
-            s3.delete_object(Bucket=bucket, Key=key)
+        try:  # a budget of its own: the run's deadline may be what ended it
+            s3.call("delete_object", deadline=Deadline(), policy=s3.patient(), Bucket=bucket, Key=key)
         except Exception:  # best effort: an object without a manifest is never restored or pruned
             pass
 
 
-def run_backup(params, check_mode=False):
+def run_backup(params, check_mode=False, deadline=None):
+    """One backup. `deadline`: the run's backup_retry.Deadline, without an end
+    yet (set here, once the database's size is known) so that a SIGTERM
+    handler can stop it from the start."""
     database = params["database"]
     bucket = params["s3_bucket"]
     recipients = params.get("age_recipients") or []
@@ -104,30 +122,38 @@ def run_backup(params, check_mode=False):
     dump_key = base + "dump.pgc" + suffix
     globals_key = base + "globals.sql" + suffix
     manifest_key = base + backup_s3.MANIFEST_NAME
-    s3 = s3_from(params)
+    deadline = deadline or Deadline()
+    s3 = s3_from(params, deadline)
 
     with DatabaseLock(params["lock_dir"], database, "backup"), connection_from(params) as conn:
         backup_s3.check_bucket(s3, bucket)
-        session = PsqlSession(conn, database)
+        session = PsqlSession(conn, database, deadline)
         uploaded = []
         try:
-            server_version = session.query("SHOW server_version;")[0]
+            server_version, size = session.query("SELECT current_setting('server_version'), "
+                                                 "pg_database_size(current_database());")[0].split("|")
+            seconds = params.get("deadline_seconds") or default_deadline(int(size))
+            deadline.start(seconds)
             method, compress_args = choose_compression(conn, database, params.get("compression") or "auto",
                                                        params.get("compression_level"))
             plan = {"changed": True, "backup_id": backup_id, "key": dump_key, "manifest_key": manifest_key,
-                    "compression": method, "encrypted": bool(recipients)}
+                    "compression": method, "encrypted": bool(recipients), "deadline_seconds": seconds}
             if check_mode:
                 session.close()
                 plan["msg"] = "would back up %s to s3://%s/%s" % (database, bucket, dump_key)
                 return plan
 
+            if params.get("lock_wait_timeout"):  # the row counts take the same table locks as pg_dump
+                session.query("SET lock_timeout = '%ds';" % params["lock_wait_timeout"])
             snapshot = session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
                                      "SELECT pg_catalog.pg_export_snapshot();")[-1]
             # Counted while pg_dump runs, in the snapshot pg_dump uses.
             session.send(ROW_COUNT_SQL)
             dump_argv = ["pg_dump", "-Fc"] + compress_args + ["--snapshot=" + snapshot, "-d", database]
+            if params.get("lock_wait_timeout"):
+                dump_argv.insert(2, "--lock-wait-timeout=%ds" % params["lock_wait_timeout"])
             dump, tee = _upload(s3, bucket, dump_key, conn, dump_argv, recipients, params.get("upload_workers") or 1,
-                                tee_argv=["pg_restore", "-l"])
+                                deadline, tee_argv=["pg_restore", "-l"])
             uploaded.append(dump_key)
             toc_rc, listing = tee.result()
             if toc_rc != 0 or not toc_entries(listing):
@@ -138,7 +164,7 @@ def run_backup(params, check_mode=False):
             objects = {"dump": dump}
             if params.get("globals", True):
                 objects["globals"] = _upload(s3, bucket, globals_key, conn, ["pg_dumpall", "--globals-only"],
-                                             recipients, 1)[0]
+                                             recipients, 1, deadline)[0]
                 uploaded.append(globals_key)
 
             finished = utc_now()
@@ -164,11 +190,14 @@ def run_backup(params, check_mode=False):
             }
             body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
             try:
-                s3.put_object(Bucket=bucket, Key=manifest_key, Body=body, ContentType="application/json")
+                s3.call("put_object", what="the manifest upload", Bucket=bucket, Key=manifest_key, Body=body,
+                        ContentType="application/json")
+            except (S3Unavailable, RunStopped):
+                raise
             except Exception as exc:
                 raise BackupError(backup_s3.describe_error(exc, "PutObject %s" % manifest_key))
         except BaseException:
-            session.close()
+            session.close(patience=5)
             _delete_quietly(s3, bucket, uploaded)
             raise
 
@@ -187,6 +216,7 @@ def run_backup(params, check_mode=False):
         "tables": len(row_counts),
         "rows": sum(row_counts.values()),
         "duration_seconds": round(duration, 3),
+        "deadline_seconds": seconds,
         "msg": "backup %s of %s ok: %d bytes in %.1fs, %d tables, %d rows, s3://%s/%s" % (
             backup_id, database, dump["bytes"], duration, len(row_counts), sum(row_counts.values()),
             bucket, manifest_key),

@@ -11,8 +11,11 @@ import errno
 import fcntl
 import os
 import re
+import select
+import signal
 import socket
 import tempfile
+import threading
 
 
 class LockHeld(Exception):
@@ -40,7 +43,13 @@ class DatabaseLock(object):
                 os.close(fd)
                 raise
             holder = os.read(fd, 512).decode("utf-8", "replace").strip() or "unknown holder"
+            holders = lock_holders(os.path.realpath(self.path))
             os.close(fd)
+            recorded = re.match(r"pid (\d+) ", holder)
+            if recorded and not pid_alive(int(recorded.group(1))):
+                raise LockHeld("%s of %s is locked by a stale holder: %s is gone, but pid(s) %s inherited the lock "
+                               "(lock %s)" % (self.purpose, self.name, holder, ", ".join(map(str, holders)) or "?",
+                                              self.path))
             raise LockHeld("%s of %s is locked by another run (%s, lock %s)" % (
                 self.purpose, self.name, holder, self.path))
         os.ftruncate(fd, 0)
@@ -55,6 +64,36 @@ class DatabaseLock(object):
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def pid_alive(pid):
+    """True when `pid` runs (a zombie counts as gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def lock_holders(path):
+    """pids (other than ours) with `path` open: who keeps a flock that its
+    recorded holder, now dead, passed on to a child."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % entry)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%s/fd/%s" % (entry, fd)) == path:
+                    pids.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return sorted(pids)
 
 
 def _label(value):
@@ -97,3 +136,37 @@ def write_metrics(metrics_dir, file_stem, labels, metrics):
             os.unlink(tmp)
         raise
     return path
+
+
+def stop_on_signals(deadline, signals=(signal.SIGTERM, signal.SIGHUP, signal.SIGINT), watch_parent=True):
+    """Turns SIGTERM (cron's timeout, systemd), SIGHUP and SIGINT into a stop of
+    the run's deadline, so the run ends through its ordinary failure path: children
+    killed and reaped, the multipart upload aborted, the lock released, the
+    failure metric written. The handler only records the stop; the threads
+    waiting on the deadline do the rest (a handler that raised could cut a
+    cleanup in half).
+
+    watch_parent: also stop when the controller is gone: this process re-parented
+    (the shell that ran us ended) or the reader of our stdout gone (sshd closed
+    the session: the pipe reports POLLERR), so an orphaned run does not go on
+    until its deadline. A `docker exec` session shows neither when its client is
+    killed; there the run's own bounds end it."""
+    def handler(signum, _frame):
+        deadline.stop("the run was stopped by %s" % signal.Signals(signum).name)
+
+    for signum in signals:
+        signal.signal(signum, handler)
+    if watch_parent:
+        parent = os.getppid()
+        stdout = select.poll()
+        stdout.register(1, 0)  # only POLLERR / POLLHUP / POLLNVAL are reported
+
+        def watch():
+            while not deadline.sleep(1.0):
+                if os.getppid() != parent:
+                    deadline.stop("the run was orphaned (its parent process %d ended)" % parent)
+                elif any(events & (select.POLLERR | select.POLLHUP) for _fd, events in stdout.poll(0)):
+                    deadline.stop("the run was orphaned (the controller's connection closed)")
+        thread = threading.Thread(target=watch, name="backup-parent-watch")
+        thread.daemon = True
+        thread.start()

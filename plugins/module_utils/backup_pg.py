@@ -120,7 +120,8 @@ class PsqlSession(object):
     """A long-lived psql process, for work that must share one transaction
     (an exported snapshot and the row counts taken in it)."""
 
-    def __init__(self, conn, database):
+    def __init__(self, conn, database, deadline=None):
+        self.deadline = deadline
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
@@ -146,7 +147,12 @@ class PsqlSession(object):
     def result(self):
         rows = []
         while True:
-            line = self.lines.get()
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.deadline is not None:
+                    self.deadline.check("the row counts")
+                continue
             if line is None:
                 self.proc.wait()
                 self.stderr.seek(0)
@@ -161,7 +167,9 @@ class PsqlSession(object):
         self.send(sql)
         return self.result()
 
-    def close(self):
+    def close(self, patience=30):
+        """Ends the session (ROLLBACK, quit); kills psql after `patience` seconds
+        (short on a failed run: a count may be stuck behind a lock)."""
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.write("ROLLBACK;\n\\q\n")
@@ -169,7 +177,7 @@ class PsqlSession(object):
             except (BrokenPipeError, OSError):
                 pass
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=patience)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -9,7 +9,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import datetime
+
 from ansible_collections.keelson.stack.plugins.module_utils import backup_s3
+from ansible_collections.keelson.stack.plugins.module_utils.backup_local import DatabaseLock, LockHeld
 from ansible_collections.keelson.stack.plugins.module_utils.backup_dump import s3_from
 from ansible_collections.keelson.stack.plugins.module_utils.backup_restore import RestoreError, check_manifest
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retention import select_retention
@@ -43,14 +46,57 @@ def run_prune(params, check_mode=False):
                     raise backup_s3.S3Error(backup_s3.describe_error(exc, "DeleteObject %s" % key))
                 deleted_keys.append(key)
 
+    uploads = abandoned_uploads(s3, bucket, prefix, database, params, check_mode)
     return {
-        "changed": bool(selection["delete"]),
+        "changed": bool(selection["delete"]) or bool(uploads["aborted"]),
+        "aborted_uploads": uploads["aborted"],
+        "open_uploads_kept": uploads["kept"],
         "keep": selection["keep"],
         "delete": selection["delete"],
         "reasons": selection["reasons"],
         "incomplete": incomplete,
         "deleted_keys": deleted_keys,
-        "msg": "%s: keep %d, %s %d backups under s3://%s/%s (%d without manifest left alone)" % (
+        "msg": "%s: keep %d, %s %d backups under s3://%s/%s (%d without manifest left alone)%s" % (
             database, len(selection["keep"]), "would delete" if check_mode else "deleted",
-            len(selection["delete"]), bucket, backup_s3.database_prefix(prefix, database), len(incomplete)),
+            len(selection["delete"]), bucket, backup_s3.database_prefix(prefix, database), len(incomplete),
+            uploads["msg"]),
     }
+
+
+def select_abandoned(uploads, now, max_age_seconds, live):
+    """(abandoned, kept) among open multipart uploads [(key, id, initiated)]:
+    abandoned when older than max_age_seconds and no live run owns the
+    database. Pure, for unit tests."""
+    abandoned, kept = [], []
+    for key, upload_id, initiated in uploads:
+        age = (now - initiated).total_seconds() if initiated is not None else None
+        entry = {"key": key, "upload_id": upload_id, "age_seconds": None if age is None else int(age)}
+        (abandoned if not live and age is not None and age >= max_age_seconds else kept).append(entry)
+    return abandoned, kept
+
+
+def abandoned_uploads(s3, bucket, prefix, database, params, check_mode=False, now=None):
+    """Aborts the multipart uploads that runs killed before their own abort left
+    under <prefix>/<database>/, once older than abort_uploads_after_hours. The
+    database's backup lock tells a live run apart: while a run holds it, nothing
+    is aborted (the age bound alone could catch a long run's upload)."""
+    hours = params.get("abort_uploads_after_hours")
+    if not hours:
+        return {"aborted": [], "kept": [], "msg": ""}
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    found = backup_s3.list_open_uploads(s3, bucket, backup_s3.database_prefix(prefix, database))
+    if not found:
+        return {"aborted": [], "kept": [], "msg": ""}
+    try:
+        with DatabaseLock(params.get("lock_dir") or "/run/lock/keelson-backup", database, "backup"):
+            abandoned, kept = select_abandoned(found, now, hours * 3600, live=False)
+            if not check_mode:
+                for upload in abandoned:
+                    s3.call("abort_multipart_upload", what="the abort of upload %s" % upload["upload_id"],
+                            Bucket=bucket, Key=upload["key"], UploadId=upload["upload_id"])
+    except LockHeld:
+        abandoned, kept = select_abandoned(found, now, hours * 3600, live=True)
+    msg = "; %s %d abandoned multipart upload(s)%s" % (
+        "would abort" if check_mode else "aborted", len(abandoned),
+        ", %d open upload(s) kept (younger than %d h or owned by a live run)" % (len(kept), hours) if kept else "")
+    return {"aborted": abandoned, "kept": kept, "msg": msg}

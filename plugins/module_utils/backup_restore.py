@@ -24,6 +24,7 @@ from ansible_collections.keelson.stack.plugins.module_utils.backup_local import 
 from ansible_collections.keelson.stack.plugins.module_utils.backup_pg import (
     ROW_COUNT_SQL, PgError, database_exists, one_line, parse_row_counts, quote_ident, toc_sha256)
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retention import parse_time
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import RunStopped, S3Unavailable, call
 
 CHUNK = 1024 * 1024
 
@@ -79,47 +80,64 @@ def check_manifest(manifest, prefix, database, backup_id):
 
 def download_verified(s3, bucket, obj, dest, identity_file=None):
     """Streams an object to `dest` (through `age -d` when an identity is given),
-    hashing the stored bytes. Raises ChecksumError on a size or sha256 mismatch."""
+    hashing the stored bytes. A transfer that stalls or breaks is resumed from
+    the byte it reached (a ranged GET), each attempt bounded by the client's
+    timeouts and retry policy. Raises ChecksumError on a size or sha256 mismatch."""
     digest = hashlib.sha256()
-    size = 0
+    state = {"size": 0, "sink": None}
     age = None
     age_err = tempfile.TemporaryFile()
-    try:
-        body = s3.get_object(Bucket=bucket, Key=obj["key"])["Body"]
-    except Exception as exc:
-        raise RestoreError(backup_s3.describe_error(exc, "GetObject %s" % obj["key"]))
+    key = obj["key"]
+
+    def transfer():
+        kwargs = {"Bucket": bucket, "Key": key}
+        if state["size"]:
+            kwargs["Range"] = "bytes=%d-" % state["size"]
+        body = s3.client.get_object(**kwargs)["Body"]
+        try:
+            for chunk in iter(lambda: body.read(CHUNK), b""):
+                digest.update(chunk)
+                state["size"] += len(chunk)
+                if state["sink"] is not None:
+                    try:
+                        state["sink"].write(chunk)
+                    except (BrokenPipeError, OSError):
+                        state["sink"] = None  # age gave up (reported below); keep hashing to name the real cause
+        finally:
+            body.close()
+
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         if identity_file:
             age = subprocess.Popen(["age", "-d", "-i", identity_file], stdin=subprocess.PIPE, stdout=out,
                                    stderr=age_err, cwd="/")
-        sink = age.stdin if age else out
+        state["sink"] = age.stdin if age else out
         try:
-            for chunk in iter(lambda: body.read(CHUNK), b""):
-                digest.update(chunk)
-                size += len(chunk)
-                if sink is not None:
-                    try:
-                        sink.write(chunk)
-                    except (BrokenPipeError, OSError):
-                        sink = None  # age gave up (reported below); keep hashing to name the real cause
+            call(transfer, "the download of %s" % key, s3.policy, s3.deadline)
+        except (S3Unavailable, RunStopped) as exc:
+            raise RestoreError("%s; no database was touched" % exc)
         except Exception as exc:
-            raise RestoreError(backup_s3.describe_error(exc, "download of %s" % obj["key"]))
+            raise RestoreError("%s; no database was touched" % backup_s3.describe_error(exc, "download of %s" % key))
         finally:
             if age:
                 try:
                     age.stdin.close()
                 except (BrokenPipeError, OSError):
                     pass
-                age.wait()
+                try:
+                    age.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    age.kill()
+                    age.wait()
+    size = state["size"]
     actual = digest.hexdigest()
     if size != obj["bytes"] or actual != obj["sha256"]:
         raise ChecksumError(
             "checksum mismatch for s3://%s/%s: manifest says %d bytes sha256 %s, downloaded %d bytes sha256 %s; "
-            "no database was touched" % (bucket, obj["key"], obj["bytes"], obj["sha256"], size, actual))
+            "no database was touched" % (bucket, key, obj["bytes"], obj["sha256"], size, actual))
     if age and age.returncode != 0:
         age_err.seek(0)
-        raise RestoreError("age -d failed for %s: %s" % (obj["key"], one_line(age_err.read().decode("utf-8", "replace"))))
+        raise RestoreError("age -d failed for %s: %s" % (key, one_line(age_err.read().decode("utf-8", "replace"))))
     return {"bytes": size, "sha256": actual}
 
 
@@ -134,11 +152,11 @@ def compare_counts(expected, actual):
     return problems
 
 
-def run_restore(params, check_mode=False):
+def run_restore(params, check_mode=False, deadline=None):
     database = params["database"]
     bucket = params["s3_bucket"]
     prefix = params["s3_prefix"]
-    s3 = s3_from(params)
+    s3 = s3_from(params, deadline)
     committed, _incomplete = backup_s3.list_backups(s3, bucket, prefix, database)
     backup_id = resolve_backup_id(committed, params.get("backup"))
     manifest = backup_s3.read_manifest(s3, bucket, prefix, database, backup_id)

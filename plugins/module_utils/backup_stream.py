@@ -17,7 +17,8 @@ import hashlib
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import BoundedS3, Deadline, Policy
 
 MIB = 1024 * 1024
 BASE_PART_SIZE = 8 * MIB
@@ -68,8 +69,20 @@ class Producer(object):
         return "%s exited %d%s" % (self.name, rc, (": " + detail) if detail else "")
 
     def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """Kills and reaps the process: a killed child nobody waits for stays a zombie."""
+        _kill_and_reap(self.proc)
+
+
+def _kill_and_reap(proc):
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except OSError:  # exited in between
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # uninterruptible sleep; the kernel reaps it for init once we exit
+        pass
 
 
 class Tee(object):
@@ -100,6 +113,10 @@ class Tee(object):
                 self.proc.stdin.close()
             except (BrokenPipeError, OSError):
                 pass
+
+    def kill(self):
+        self.close()
+        _kill_and_reap(self.proc)
 
     def result(self):
         self.close()
@@ -184,59 +201,140 @@ class ProducerStream(object):
             raise StreamFailed("; ".join(reasons))
 
     def kill(self):
+        """Stops the chain for good: every process killed and reaped, the pump ended."""
         for producer in self.producers:
             producer.kill()
         if self.tee is not None:
-            self.tee.close()
+            self.tee.kill()
+        if self.pump is not None:
+            self.pump.join(timeout=10)
+
+
+class _Parts(object):
+    """Part uploads on daemon threads, at most `workers` at a time. Daemon
+    threads, not a ThreadPoolExecutor: a pool joins its workers when the run
+    fails or exits, so one part stuck in a read would hold up the abort, the
+    lock release and the process exit behind it."""
+
+    def __init__(self, workers, stop):
+        self.workers = workers
+        self.slots = threading.BoundedSemaphore(workers)
+        self.stop = stop
+        self.etags = {}
+        self.error = None
+        self._lock = threading.Lock()
+
+    def _run(self, upload, number, data):
+        try:
+            self.etags[number] = upload(number, data)
+        except BaseException as exc:  # re-raised in the main thread by check()
+            with self._lock:
+                if self.error is None:
+                    self.error = exc
+            self.stop.stop("another part failed")
+        finally:
+            self.slots.release()
+
+    def check(self, during):
+        if self.error is not None:
+            raise self.error
+        self.stop.check(during)
+
+    def _acquire(self, during):
+        while not self.slots.acquire(timeout=0.5):
+            self.check(during)
+        try:
+            self.check(during)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def submit(self, upload, number, data):
+        self._acquire("part %d" % number)
+        thread = threading.Thread(target=self._run, args=(upload, number, data), name="backup-part-%d" % number)
+        thread.daemon = True
+        thread.start()
+
+    def wait_all(self, during):
+        for dummy in range(self.workers):
+            self._acquire(during)
+        for dummy in range(self.workers):
+            self.slots.release()
+        self.check(during)
 
 
 def upload_stream(client, bucket, key, stream, workers=1, content_type="application/octet-stream",
-                  base_part_size=BASE_PART_SIZE):
-    """Multipart-uploads a ProducerStream under `key`. Any failure (a producer
-    exiting non-zero, an S3 error, an interrupt) aborts the multipart upload, so
-    no object appears under `key` and no upload stays open. Returns the part count."""
-    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)["UploadId"]
-    parts = {}
+                  base_part_size=BASE_PART_SIZE, deadline=None):
+    """Multipart-uploads a ProducerStream under `key`. Each part is retried on
+    its own (the stream cannot rewind, so it is never restarted). Any failure (a
+    producer exiting non-zero, S3 failing past the retry budget, the deadline,
+    SIGTERM) stops the producers, reaps them and aborts the multipart upload, so
+    no object appears under `key` and no upload stays open. Returns the part count.
+
+    client: a backup_retry.BoundedS3 (a plain boto3 client gets the default policy).
+    deadline: a backup_retry.Deadline; stopping it (the deadline passing, a
+    SIGTERM handler) kills the producers, which unblocks a read of their pipe."""
+    s3 = client if isinstance(client, BoundedS3) else BoundedS3(client, Policy())
+    run = deadline or s3.deadline
+    # Stopped when this upload fails, so retries of parts still in flight give up at once.
+    stop = run.child()
+    upload_id = s3.call("create_multipart_upload", what="the start of the upload of %s" % key,
+                        Bucket=bucket, Key=key, ContentType=content_type)["UploadId"]
+    parts = _Parts(workers, stop)
+    number = 1
+    watchdog = threading.Thread(target=_watch, args=(stop, stream), name="backup-watchdog")
+    watchdog.daemon = True
+    watchdog.start()
+
+    def upload(part_number, data):
+        return s3.call("upload_part", what="part %d" % part_number, deadline=stop, Bucket=bucket, Key=key,
+                       UploadId=upload_id, PartNumber=part_number, Body=data)["ETag"]
+
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending = set()
-            number = 1
-            while True:
-                size = part_size(number, base_part_size)
+        while True:
+            size = part_size(number, base_part_size)
+            try:
                 data = stream.read_part(size)
-                if not data and number > 1:
-                    break
-                last = len(data) < size
-                while len(pending) >= workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                if len(parts) + len(pending) >= 10000:
-                    raise StreamFailed("stream exceeds 10,000 parts")
-                pending.add(pool.submit(_upload_part, client, bucket, key, upload_id, number, data, parts))
-                del data
-                number += 1
-                if last:  # a short part means end of stream, exit statuses already checked
-                    break
-            for future in pending:
-                future.result()
-        ordered = [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]
-        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                         MultipartUpload={"Parts": ordered})
+            except StreamFailed:
+                parts.check("part %d" % number)  # a stop killed the producers: name the stop, not the kill
+                raise
+            if not data and number > 1:
+                break
+            last = len(data) < size
+            if number > 10000:
+                raise StreamFailed("stream exceeds 10,000 parts")
+            parts.submit(upload, number, data)
+            del data
+            number += 1
+            if last:  # a short part means end of stream, exit statuses already checked
+                break
+        parts.wait_all("part %d" % (number - 1))
+        ordered = [{"PartNumber": n, "ETag": parts.etags[n]} for n in sorted(parts.etags)]
+        s3.call("complete_multipart_upload", what="the completion of %s" % key, deadline=stop, Bucket=bucket,
+                Key=key, UploadId=upload_id, MultipartUpload={"Parts": ordered})
     except BaseException as exc:
+        stop.stop("the upload failed")
         stream.kill()
         try:
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            # Its own budget: the run's deadline may be what ended it.
+            s3.call("abort_multipart_upload", what="the abort of upload %s" % upload_id, deadline=Deadline(),
+                    policy=s3.patient(), Bucket=bucket, Key=key, UploadId=upload_id)
         except Exception:  # the original error matters more; a leftover upload is reported by its id
             pass
         try:
             exc.aborted_upload_id = upload_id  # lets callers name the upload they aborted
+            exc.part_number = number
         except AttributeError:
             pass
         raise
-    return len(parts)
+    finally:
+        stop.stop("the upload ended")
+    return len(parts.etags)
 
 
-def _upload_part(client, bucket, key, upload_id, number, data, parts):
-    response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
-    parts[number] = response["ETag"]
+def _watch(stop, stream):
+    """Kills the producers when the run must stop: the main thread may be
+    blocked reading their pipe, and only end of file wakes it."""
+    stop.sleep(None)
+    if stop.reason not in ("the upload ended",):
+        stream.kill()

@@ -20,6 +20,10 @@ description:
   - Deletes only the objects a manifest lists, manifest first, and only keys inside that backup's own
     directory.
   - The selection is the pure function behind the C(keelson.stack.gfs_retention) filter.
+  - Aborts the multipart uploads under C(<s3_prefix>/<database>/) older than O(abort_uploads_after_hours) that
+    a killed run left open (a run aborts its own upload on any failure it lives through), and reports them.
+    While a backup of the database runs (it holds the lock in O(lock_dir)), none is aborted. Run it on the
+    database host, where that lock lives.
 author:
   - keelson.stack developers (@keelson)
 requirements:
@@ -57,6 +61,14 @@ options:
         (C(8) keeps two days of 6-hourly backups).
     type: int
     default: 0
+  abort_uploads_after_hours:
+    description: Age after which an open multipart upload is abandoned and aborted; C(0) never aborts one.
+    type: int
+    default: 24
+  lock_dir:
+    description: Directory of the backup lock files (the same as M(keelson.stack.pg_backup)'s).
+    type: path
+    default: /run/lock/keelson-backup
 """
 
 EXAMPLES = r"""
@@ -98,6 +110,16 @@ deleted_keys:
   returned: always
   type: list
   elements: str
+aborted_uploads:
+  description: Abandoned multipart uploads aborted (or, in check mode, that would be), with key, upload id and age.
+  returned: always
+  type: list
+  elements: dict
+open_uploads_kept:
+  description: Open multipart uploads left alone (younger than O(abort_uploads_after_hours), or a live run's).
+  returned: always
+  type: list
+  elements: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -120,6 +142,8 @@ def main():
             keep_weekly=dict(type="int", default=12),
             keep_monthly=dict(type="int", default=12),
             keep_last=dict(type="int", default=0),
+            abort_uploads_after_hours=dict(type="int", default=24),
+            lock_dir=dict(type="path", default="/run/lock/keelson-backup"),
         ),
         supports_check_mode=True,
     )

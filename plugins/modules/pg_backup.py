@@ -25,6 +25,10 @@ description:
     C(manifest.json); the backup id is the UTC start time, C(YYYYMMDDTHHMMSSZ)."
   - A lock file (C(flock), released when the process dies) prevents overlapping runs on one database; a
     second run fails at once naming the holder.
+  - Every S3 call has connect and read timeouts and retries transient errors with a backoff, each part on its
+    own; the whole run has a deadline. Whatever ends a run (an error, the deadline, SIGTERM, the controller
+    going away) kills and reaps C(pg_dump), aborts the multipart upload and releases the lock; the message
+    names the cause and the step, for example C(S3 did not answer for 60 s during part 12).
   - Passwords reach C(pg_dump) through a private C(PGPASSFILE) (mode 0600, removed afterwards), S3
     credentials stay inside the module process; neither is on a command line.
 author:
@@ -97,6 +101,19 @@ options:
       - Parts uploaded in parallel (each holds one part in memory, so the uploader's memory grows with it).
     type: int
     default: 2
+  deadline_seconds:
+    description:
+      - Longest time the whole backup of this database may take. When it passes, C(pg_dump) is stopped, the
+        multipart upload aborted, the lock released, and the run fails naming the step it was in.
+      - C(0) scales it with the database, one hour plus ten minutes per GiB of C(pg_database_size).
+    type: int
+    default: 0
+  lock_wait_timeout:
+    description:
+      - Seconds C(pg_dump) waits for each table's shared lock (C(--lock-wait-timeout)) before the backup fails,
+        for example behind a migration holding an exclusive lock. C(0) waits without bound (up to the deadline).
+    type: int
+    default: 300
 """
 
 EXAMPLES = r"""
@@ -170,6 +187,10 @@ outcome:
   description: C(ok) or C(failed), also on failure, for playbooks that summarise several databases.
   returned: always
   type: str
+deadline_seconds:
+  description: The deadline the run had (O(deadline_seconds), or the one scaled with the database).
+  returned: always
+  type: int
 metrics_file:
   description: Metrics file written.
   returned: when O(metrics_dir) is set
@@ -179,7 +200,8 @@ metrics_file:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.keelson.stack.plugins.module_utils.backup_args import PG_ARGS, S3_ARGS, spec
-from ansible_collections.keelson.stack.plugins.module_utils.backup_local import LockHeld
+from ansible_collections.keelson.stack.plugins.module_utils.backup_local import LockHeld, stop_on_signals
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import Deadline
 
 try:
     from ansible_collections.keelson.stack.plugins.module_utils.backup_dump import record_metrics, run_backup
@@ -200,14 +222,18 @@ def main():
             lock_dir=dict(type="path", default="/run/lock/keelson-backup"),
             metrics_dir=dict(type="path"),
             upload_workers=dict(type="int", default=2),
+            deadline_seconds=dict(type="int", default=0),
+            lock_wait_timeout=dict(type="int", default=300),
         ),
         supports_check_mode=True,
     )
     if IMPORT_ERROR is not None:
         module.fail_json(msg="cannot load pg_backup logic: %s" % IMPORT_ERROR, outcome="failed")
     params = module.params
+    deadline = Deadline()
+    stop_on_signals(deadline)
     try:
-        result = run_backup(params, check_mode=module.check_mode)
+        result = run_backup(params, check_mode=module.check_mode, deadline=deadline)
     except LockHeld as exc:
         module.fail_json(msg=str(exc), outcome="failed", database=params["database"])
     except ImportError as exc:

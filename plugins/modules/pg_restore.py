@@ -167,6 +167,8 @@ outcome:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.keelson.stack.plugins.module_utils.backup_args import PG_ARGS, S3_ARGS, spec
+from ansible_collections.keelson.stack.plugins.module_utils.backup_local import stop_on_signals
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import Deadline
 
 try:
     from ansible_collections.keelson.stack.plugins.module_utils.backup_restore import record_verify_metrics, run_restore
@@ -197,8 +199,10 @@ def main():
     if IMPORT_ERROR is not None:
         module.fail_json(msg="cannot load pg_restore logic: %s" % IMPORT_ERROR, outcome="failed")
     params = module.params
+    deadline = Deadline()
+    stop_on_signals(deadline)
     try:
-        result = run_restore(params, check_mode=module.check_mode)
+        result = run_restore(params, check_mode=module.check_mode, deadline=deadline)
     except Exception as exc:  # every failure becomes one line
         if params["metrics_dir"] and not module.check_mode:
             record_verify_metrics(params["metrics_dir"], params["database"], ok=False)

@@ -35,7 +35,8 @@ def main():
         # `pg_dump -Fc | aws s3 cp -`: the same pipeline, with boto3's upload_fileobj (what aws s3 cp uses).
         script = BASELINE.format(p=repr({k: p[k] for k in ("s3_endpoint_url", "s3_access_key", "s3_secret_key",
                                                              "s3_bucket", "key")}))
-        dump = subprocess.Popen(["runuser", "-u", "postgres", "--", "pg_dump", "-Fc", "-d", p["database"]],
+        dump = subprocess.Popen(["runuser", "-u", "postgres", "--", "pg_dump", "-Fc"] + p.get("pg_dump_args", [])
+                                + ["-d", p["database"]],
                                 stdout=subprocess.PIPE, cwd="/")
         upload = subprocess.run([sys.executable, "-c", script], stdin=dump.stdout, cwd="/")
         dump.stdout.close()

@@ -1,4 +1,5 @@
 """Backup benchmarks on the lab (one run, ratios printed, nothing timed is asserted):
+  - on incompressible data (random bytea): pg_backup and the playbook vs `pg_dump -Fc --compress=zstd | upload`
   - our backup's wall time vs `pg_dump -Fc | aws s3 cp -` (same gzip compression; zstd shown too)
   - extra local disk written during the backup
   - uploader peak RSS at two stream sizes (1 and 4 GiB at full size)
@@ -72,3 +73,63 @@ def _cleanup(bench_host, prefix):
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=v["keelson_s3_bucket"], Prefix=root):
             for obj in page.get("Contents", []):
                 s3.delete_object(Bucket=v["keelson_s3_bucket"], Key=obj["Key"])
+
+
+@pytest.fixture(scope="module")
+def random_db(bench_host, bench_size):
+    """Poorly compressible data: random bytea (32 MiB small, about 400 MiB full)."""
+    mib = 400 if bench_size["name"] == "full" else 32
+    name = "keelson_bench_random_%d" % mib
+    have = bench_host.sh("psql -XAtc \"SELECT 1 FROM pg_database WHERE datname = '%s'\"" % name, user="postgres")
+    if have.strip() != "1":
+        bench_host.sh("cd / && createdb %s && psql -Xq -d %s -c \"CREATE TABLE blobs (id int, b bytea); "
+                      "INSERT INTO blobs SELECT g, decode(string_agg(lpad(to_hex((random() * 4294967295)::bigint), 8, "
+                      "'0'), ''), 'hex') FROM generate_series(1, %d) g, generate_series(1, 8192) w GROUP BY g;\""
+                      % (name, name, mib * 32), user="postgres")
+    return name, mib
+
+
+def test_incompressible_backup_module_and_playbook_vs_bare_pipeline(bench_host, random_db, prefix):
+    """Module and playbook against `pg_dump -Fc --compress=zstd | upload` on random bytea, and where
+    the playbook's extra time goes."""
+    import json
+    import os
+    import re
+    import subprocess
+    import tempfile
+    import time
+    from pathlib import Path
+
+    name, mib = random_db
+    baseline = bench_host.run("baseline", database=name, key=prefix + "/random-baseline.pgc",
+                              pg_dump_args=["--compress=zstd"])
+    module = bench_host.run("backup", database=name, s3_prefix=prefix + "/random-module", compression="zstd")
+    root = Path(__file__).resolve().parents[2]
+    fd, extra = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"backup_databases": [name], "backup_s3_prefix": prefix + "/random-playbook",
+                   "backup_compression": "zstd"}, handle)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_NOCOLOR="1")  # profile_tasks is on
+    try:
+        started = time.monotonic()
+        res = subprocess.run(["ansible-playbook", "-i", str(root / "inventories" / "lab" / "hosts.yml"),
+                              str(root / "playbooks" / "backup.yml"), "-e", "@" + extra, "-l", "db1"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=7200)
+        playbook = time.monotonic() - started
+        startup = time.monotonic()
+        subprocess.run(["ansible", "-i", str(root / "inventories" / "lab" / "hosts.yml"), "db1", "-m",
+                        "ansible.builtin.ping"], cwd=root, env=env, capture_output=True, timeout=600)
+        startup = time.monotonic() - startup
+    finally:
+        os.unlink(extra)
+    assert res.returncode == 0, res.stdout + res.stderr
+    tasks = {}
+    for m in re.finditer(r"^(.+?) -+ (\d+\.\d+)s$", res.stdout, re.M):
+        tasks[m.group(1).strip()] = float(m.group(2))
+    report("incompressible (%d MiB random bytea): bare pg_dump --compress=zstd | upload %.1fs; pg_backup module "
+           "%.1fs = %.2fx (goal <= 1.05x); playbook %.1fs = %.2fx (goal <= 1.2x)"
+           % (mib, baseline["seconds"], module["seconds"], module["seconds"] / baseline["seconds"], playbook,
+              playbook / baseline["seconds"]))
+    report("playbook time: ansible start-up and one module round trip (ping) %.1fs; tasks: %s"
+           % (startup, ", ".join("%s %.1fs" % (k, v) for k, v in sorted(tasks.items(), key=lambda kv: -kv[1])[:6])))
+    _cleanup(bench_host, prefix)

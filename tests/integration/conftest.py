@@ -70,6 +70,29 @@ class Lab:
         assert res.returncode == 0, res.stderr
         return [line for line in res.stdout.splitlines() if line]
 
+    def stall_s3(self):
+        """with lab.stall_s3(): ... -- S3 stops answering until the block ends."""
+        return S3Stall(self.vars.get("keelson_s3_container", "keelson-lab-s3"))
+
+    def host_path(self, path):
+        """The db host's `path` as seen from the controller (through its init's /proc root):
+        a test can poll it in a tight loop without a docker exec per look."""
+        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.db_container], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        return "/proc/%s/root%s" % (pid, path)
+
+    def lock_is_free(self, database):
+        return self.sh("flock -n /run/lock/keelson-backup/%s.lock true" % database, check=False).returncode == 0
+
+    def module_processes(self, database):
+        """pids of pg_backup / pg_restore modules, pg_dump / pg_restore processes of `database` and
+        zombie pg_* processes on the db host."""
+        out = self.sh("for p in $(pgrep -f 'AnsiballZ_pg_(backup|restore)|pg_dump|pg_restore'); do "
+                      "[ $p = $$ ] && continue; tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -qE 'AnsiballZ|-d %s( |$)' && echo $p; "
+                      "done; ps -eo pid=,stat=,comm= | awk '$2 ~ /Z/ && $3 ~ /^pg_/ {print $1 \"(zombie)\"}'"
+                      % database).stdout
+        return out.split()
+
     def databases(self):
         return set(self.psql("postgres", "SELECT datname FROM pg_database;"))
 
@@ -102,6 +125,32 @@ class Lab:
             os.unlink(path)
         res.output = res.stdout + res.stderr
         return res
+
+
+class S3Stall(object):
+    """The lab's S3 server frozen: `docker pause`, or where this host's cgroup freezer
+    refuses (\"unable to freeze\"), SIGSTOP of the radosgw process. Its TCP stack
+    keeps accepting, so clients see exactly a server that stopped answering.
+    Always resumed on exit."""
+
+    def __init__(self, container):
+        self.container = container
+        self.how = None
+
+    def __enter__(self):
+        if subprocess.run(["docker", "pause", self.container], capture_output=True).returncode == 0:
+            self.how = ("docker", "unpause", self.container)
+            return self
+        top = subprocess.run(["docker", "top", self.container, "-eo", "pid,args"], capture_output=True, text=True,
+                             check=True).stdout
+        pids = [line.split()[0] for line in top.splitlines()[1:] if "radosgw" in line.split(None, 1)[1]]
+        assert len(pids) == 1, top
+        subprocess.run(["kill", "-STOP", pids[0]], check=True)
+        self.how = ("kill", "-CONT", pids[0])
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(list(self.how), check=True)
 
 
 def recap(output):

@@ -1,6 +1,7 @@
 """Backup and restore against the lab: PostgreSQL on db1, Ceph RGW, the real
 playbooks. Fault tests: pg_dump killed halfway, a flipped byte, two backups at
 once, wrong S3 credentials, the database down."""
+import glob
 import hashlib
 import json
 import os
@@ -330,3 +331,205 @@ def test_prune_stays_inside_its_exact_prefix(lab, s3, run_prefix, neighbour):
     finally:
         for key in keys_under(lab, s3, run_prefix + "/prune"):
             s3.delete_object(Bucket=bucket, Key=key)
+
+
+# --- Stalls and interruptions: every run ends, leaves no process, no open upload, no lock. ---
+# Short bounds per test (read timeout 5 s, 2 attempts), so a stall fails in seconds, not minutes.
+FAST = {"backup_s3_read_timeout": 5, "backup_s3_connect_timeout": 5, "backup_s3_attempts": 2,
+        "backup_s3_retry_max_delay": 1}
+
+
+def open_uploads(lab, s3, prefix):
+    bucket = lab.vars["keelson_s3_bucket"]
+    return [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", [])]
+
+
+def uploaded_parts(lab, s3, prefix):
+    """Parts stored so far of the open upload under prefix (0 when there is none)."""
+    bucket = lab.vars["keelson_s3_bucket"]
+    uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", [])
+    if not uploads:
+        return 0
+    upload = uploads[0]
+    return len(s3.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]).get("Parts", []))
+
+
+def stall_mid_upload(lab, s3, prefix, proc, seconds):
+    """Waits until the dump's upload has stored a part, then freezes S3 for `seconds`
+    (timed with a real sleep, like an outage). Returns the part count seen."""
+    parts = wait_for(lambda: proc.poll() is not None or uploaded_parts(lab, s3, prefix), "a stored part")
+    assert proc.poll() is None, "the backup ended before S3 could be stalled"
+    with lab.stall_s3():
+        subprocess.run(["sleep", str(seconds)], check=True)
+    return parts
+
+
+def finish(proc, vars_file, timeout=600):
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.unlink(vars_file)
+
+
+def assert_nothing_left(lab, s3, prefix, database):
+    """No module or pg_dump process, no zombie, the lock free, no open upload."""
+    wait_for(lambda: not lab.module_processes(database), "the module and pg_dump to be gone", attempts=240)
+    assert lab.lock_is_free(database)
+    assert open_uploads(lab, s3, prefix) == []
+
+
+def failure(proc, output, pattern):
+    """The run failed with one summary line matching `pattern`."""
+    assert proc.returncode != 0
+    lines = summaries(output)
+    assert len(lines) == 1 and lines[0][2] == "FAILED", output
+    assert re.search(pattern, lines[0][3]), lines[0][3]
+
+
+def timed(label, started):
+    import time
+    print("%s: %.1f s" % (label, time.monotonic() - started))
+
+
+def test_s3_stalled_for_20s_mid_upload_is_ridden_out_or_fails_cleanly(lab, s3, run_prefix, big_db):
+    import time
+    prefix = run_prefix + "/stall20"
+    started = time.monotonic()
+    proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none",
+                                                       backup_upload_workers=1), background=True)
+    try:
+        parts = stall_mid_upload(lab, s3, prefix, proc, 20)
+    finally:
+        output = finish(proc, vars_file)
+    timed("20 s stall (default bounds, read timeout 60 s), the stall began after part %d" % parts, started)
+    lines = summaries(output)
+    assert len(lines) == 1, output
+    if lines[0][2] == "FAILED":  # allowed, if it names the cause
+        assert re.search(r"S3 did not answer|S3 stopped reading|could not connect to S3|S3 closed the connection", lines[0][3]), lines
+    assert_nothing_left(lab, s3, prefix, big_db)
+    rerun = lab.playbook("backup.yml", bvars(prefix, [big_db]))
+    assert rerun.returncode == 0, rerun.output
+
+
+def test_s3_stalled_past_the_read_timeout_fails_naming_the_part(lab, s3, run_prefix, big_db):
+    import time
+    prefix = run_prefix + "/stall-long"
+    assert lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none")).returncode == 0
+    before = committed(lab, s3, prefix, big_db)
+    started = time.monotonic()
+    proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none",
+                                                       backup_upload_workers=1, **FAST), background=True)
+    try:
+        stall_mid_upload(lab, s3, prefix, proc, 30)
+    finally:
+        output = finish(proc, vars_file)
+    timed("stall past a 5 s read timeout, 2 attempts", started)
+    failure(proc, output, r"failed: S3 (did not answer for 5 s|stopped reading the request \(sending timed out\)) "
+                          r"during part \d+ \(2 attempts in \d+ s\); "
+                          r"upload of \S+/dump.pgc \(multipart upload \S+ aborted\)")
+    assert_nothing_left(lab, s3, prefix, big_db)
+    assert committed(lab, s3, prefix, big_db) == before  # the previous backup is still the newest
+    metrics = lab.sh("cat /var/lib/prometheus/node-exporter/keelson_backup_%s.prom" % big_db).stdout
+    assert 'keelson_backup_last_run_success{database="%s"} 0.0' % big_db in metrics
+    rerun = lab.playbook("backup.yml", bvars(prefix, [big_db], **FAST))
+    assert rerun.returncode == 0, rerun.output
+
+
+def test_sigterm_mid_upload_ends_the_run_cleanly(lab, s3, run_prefix, big_db):
+    # SIGTERM to the module on the db host, as cron's `timeout` or systemd sends it to a local run.
+    # (Killing ansible-playbook on the controller does not reach it through `docker exec`, the lab's
+    # connection; through ssh the closed session does, see backup_local.stop_on_signals.)
+    import time
+    prefix = run_prefix + "/sigterm"
+    proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none",
+                                                       backup_upload_workers=1, **FAST), background=True)
+    try:
+        wait_for(lambda: proc.poll() is not None or uploaded_parts(lab, s3, prefix), "a stored part")
+        assert proc.poll() is None, "the backup ended before it could be stopped"
+        # exactly our module: the python process running this run's AnsiballZ_pg_backup
+        pids = lab.sh("pgrep -f '^/usr/bin/python3 .*AnsiballZ_pg_backup.py'; true").stdout.split()
+        assert len(pids) == 1, pids
+        with lab.stall_s3():  # holds the run mid-upload while it is stopped; resumed so the abort can succeed
+            started = time.monotonic()
+            lab.sh("kill -TERM %s" % pids[0])
+            subprocess.run(["sleep", "3"], check=True)
+    finally:
+        output = finish(proc, vars_file)
+    timed("SIGTERM to the module until the playbook ended", started)
+    failure(proc, output, r"failed: the run was stopped by SIGTERM during part \d+")
+    assert_nothing_left(lab, s3, prefix, big_db)
+    rerun = lab.playbook("backup.yml", bvars(prefix, [big_db]))
+    assert rerun.returncode == 0, rerun.output
+
+
+def test_postgresql_restart_mid_dump_fails_cleanly(lab, s3, run_prefix, big_db):
+    prefix = run_prefix + "/pg-restart"
+    proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"), background=True)
+    try:
+        copying = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.pgbench_accounts %'"
+        wait_for(lambda: lab.psql("postgres", copying + ";") == ["1"], "pg_dump copying pgbench_accounts")
+        lab.sh("systemctl restart postgresql")
+    finally:
+        output = finish(proc, vars_file)
+    lines = summaries(output)
+    assert len(lines) == 1 and lines[0][2] == "FAILED", output
+    assert "pg_dump exited 1" in lines[0][3], lines[0][3]
+    assert_nothing_left(lab, s3, prefix, big_db)
+    wait_for(lambda: lab.sh("pg_isready -q", check=False).returncode == 0, "PostgreSQL to accept connections")
+    rerun = lab.playbook("backup.yml", bvars(prefix, [big_db]))
+    assert rerun.returncode == 0, rerun.output
+
+
+def test_dump_stuck_behind_a_table_lock_fails_after_lock_wait_timeout(lab, s3, run_prefix, known_db):
+    prefix = run_prefix + "/lock-wait"
+    blocker = subprocess.Popen(["docker", "exec", "-i", "-u", "postgres", lab.db_container, "psql", "-X", "-q", "-A",
+                                "-t", "-d", known_db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        blocker.stdin.write("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
+        blocker.stdin.flush()
+        assert blocker.stdout.readline().strip() == "locked"
+        res = lab.playbook("backup.yml", bvars(prefix, [known_db], backup_lock_wait_timeout=2))
+    finally:
+        blocker.kill()
+        blocker.wait()
+    lines = summaries(res.output)
+    assert len(lines) == 1 and lines[0][2] == "FAILED", res.output
+    # pg_dump applies --lock-wait-timeout as a statement_timeout on its LOCK TABLE
+    assert "pg_dump exited 1" in lines[0][3] and "statement timeout" in lines[0][3] and "LOCK TABLE" in lines[0][3], lines[0][3]
+    assert_nothing_left(lab, s3, prefix, known_db)
+
+
+def started_writing(pattern):
+    for path in glob.glob(pattern):
+        try:
+            if os.path.getsize(path) > 0:
+                return True
+        except OSError:  # removed in between
+            pass
+    return False
+
+
+def test_stalled_restore_download_fails_before_any_database_is_touched(lab, s3, run_prefix, big_db):
+    import time
+    prefix = run_prefix + "/restore-stall"
+    assert lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none")).returncode == 0
+    before = lab.databases()
+    started = time.monotonic()
+    proc, vars_file = lab.playbook("restore.yml", bvars(prefix, [big_db], backup_restore_database=big_db, **FAST),
+                                   background=True)
+    try:
+        pattern = lab.host_path("/var/tmp/keelson-restore-*/dump.pgc")
+        while proc.poll() is None and not started_writing(pattern):
+            time.sleep(0.01)  # a tight poll on purpose: the whole download takes about a second
+        assert proc.poll() is None, "the restore ended before S3 could be stalled"
+        with lab.stall_s3():
+            subprocess.run(["sleep", "30"], check=True)
+    finally:
+        output = finish(proc, vars_file)
+    timed("restore download stalled past a 5 s read timeout", started)
+    failure(proc, output, r"S3 did not answer for 5 s during the download of \S+ \(2 attempts in \d+ s\); "
+                          r"no database was touched")
+    assert lab.databases() == before
+    assert lab.sh("ls -d /var/tmp/keelson-restore-* 2>/dev/null; true").stdout.strip() == ""

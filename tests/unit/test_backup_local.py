@@ -66,3 +66,44 @@ def test_metric_labels_are_escaped_and_names_checked(tmp_path):
     assert 'm{database="we\\"ird\\\\db"} 1.0' in open(path).read()
     with pytest.raises(ValueError):
         write_metrics(str(tmp_path), "../evil", {}, [])
+
+
+def test_lock_inherited_by_a_survivor_of_a_killed_run_is_named_stale(tmp_path):
+    # The run (the outer sh) takes the lock, hands the descriptor to a child that
+    # outlives it, and is killed: the recorded pid is gone but the flock is held.
+    lock = tmp_path / "app.lock"
+    script = ("exec 9>%s; flock -n 9 || exit 1; echo \"pid $$ on here since then\" >&9; "
+              "sleep 60 >/dev/null 2>&1 & echo $!; exit 0") % lock
+    run = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    survivor = int(run.stdout.strip())
+    try:
+        with pytest.raises(LockHeld, match=r"locked by a stale holder: pid \d+ on here since then is gone, "
+                                           r"but pid\(s\) %d inherited the lock" % survivor):
+            with DatabaseLock(str(tmp_path), "app", "backup"):
+                pass
+    finally:
+        os.kill(survivor, 9)
+
+
+def test_sigterm_and_a_closed_stdout_stop_the_run():
+    collections = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "collections"))
+    script = textwrap.dedent("""
+        import os, signal, sys
+        sys.path.insert(0, %r)
+        from ansible_collections.keelson.stack.plugins.module_utils.backup_local import stop_on_signals
+        from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import Deadline
+        deadline = Deadline()
+        stop_on_signals(deadline)
+        if sys.argv[1] == "term":
+            os.kill(os.getpid(), signal.SIGTERM)
+        deadline.sleep(30)
+        sys.stderr.write(str(deadline.reason))
+    """) % collections
+    term = subprocess.run([sys.executable, "-c", script, "term"], capture_output=True, text=True, timeout=60)
+    assert term.stderr == "the run was stopped by SIGTERM"
+    # stdout a pipe whose reader is gone, as when sshd closes the session
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    gone = subprocess.run([sys.executable, "-c", script, "pipe"], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write_end)
+    assert gone.stderr == "the run was orphaned (the controller's connection closed)"

@@ -6,6 +6,7 @@ import subprocess
 import threading
 
 import pytest
+from fakeclock import Clock
 
 from ansible_collections.keelson.stack.plugins.module_utils.probes import (
     GateFailed, Outcome, http_probe, run_probe, tcp_probe, wait_for_probes, watch_probes)
@@ -140,21 +141,6 @@ def test_tcp_probe():
     listener.close()
     out = run_probe({"type": "tcp", "host": "127.0.0.1", "port": port, "timeout": 1})
     assert not out.ok and "refused" in out.reason.lower()
-
-
-class Clock:
-    """Injected time: sleep advances it, each probe attempt costs `cost` seconds."""
-
-    def __init__(self):
-        self.now = 100.0
-        self.sleeps = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def scripted(clock, scripts, cost=0.1):
