@@ -50,6 +50,17 @@ def module(check=False, **args):
     return result
 
 
+def reset_ssh_connection(host, tmp_path):
+    """Ends Ansible's multiplexed SSH connection (ControlPersist) to a host rebooted behind
+    its back: the master's TCP connection died with the old container's network."""
+    play = tmp_path / "reset_connection.yml"
+    play.write_text(json.dumps([{"hosts": host, "gather_facts": False,
+                                 "tasks": [{"ansible.builtin.meta": "reset_connection"}]}]))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    subprocess.run(["ansible-playbook", "-i", str(INVENTORY), str(play)], cwd=ROOT, env=env,
+                   capture_output=True, text=True, timeout=120, check=True)
+
+
 def wait_for_nginx():
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -104,7 +115,7 @@ def test_check_mode_reports_the_runtime_path_and_changes_nothing(backend):
     assert " down;" not in upstream_file()
 
 
-def test_runtime_state_survives_reload_restart_and_reboot(backend):
+def test_runtime_state_survives_reload_restart_and_reboot(backend, tmp_path):
     weighed = module(backend=backend, state="up", weight=3)
     assert weighed["applied_via"] == "runtime" and weighed["weight"] == 3
     assert "%s weight=3 max_fails" % backend in upstream_file()
@@ -126,6 +137,7 @@ def test_runtime_state_survives_reload_restart_and_reboot(backend):
     subprocess.run(["docker", "restart", "keelson-lab-lb1"], check=True, capture_output=True, timeout=180)
     subprocess.run(["docker", "exec", "keelson-lab-lb1", "systemctl", "is-system-running", "--wait"],
                    capture_output=True, timeout=180)
+    reset_ssh_connection("lb1", tmp_path)
     assert settable(wait_for_nginx()) == expected, "a reboot lost the state"
     assert oct(int(on("lb1", "stat", "-c", "%a", os.path.dirname(SOCKET)), 8)) == "0o700"
 
