@@ -41,8 +41,9 @@ def registry():
 
 
 def on(host, *argv, check=True, timeout=120):
+    # errors="replace": an access log holds whatever bytes clients sent in a request line
     res = subprocess.run(["docker", "exec", "keelson-lab-" + host, *argv], capture_output=True, text=True,
-                         timeout=timeout)
+                         errors="replace", timeout=timeout)
     if check and res.returncode:
         raise AssertionError("%s: %s\n%s%s" % (host, " ".join(argv), res.stdout, res.stderr))
     return res.stdout
