@@ -16,7 +16,7 @@ SCENARIOS ?=
 # Scenarios run two at a time: most of their time is spent waiting on apt and systemd.
 MOLECULE_JOBS ?= 2
 
-.PHONY: help venv sslyze engine images lab lab-up lab-down lab-status site test lint unit sanity molecule integration molecule-and-integration bench bench-small build clean
+.PHONY: help venv sslyze engine images lab lab-up lab-down lab-status site test lint unit sanity molecule integration checks-lane lab-lane lanes bench bench-small build clean
 
 help:
 	@echo "make lab          set up everything and run site.yml against the local lab (the main job)"
@@ -81,24 +81,34 @@ integration: lab
 bench: lab
 	$(BIN)/pytest -q -s tests/bench --bench-size=full
 
-# In `make test` this runs right after the integration tests, on the lab they converged.
+# In `make test` this runs right after the integration tests, on the lab they converged (lab-lane).
 bench-small: venv
 	$(BIN)/pytest -q -s tests/bench --bench-size=small
 
-# Molecule's instances are containers of their own (distinct names and addresses), so
-# in `make test` the scenarios run side by side with the lab's converge and the
-# integration tests: molecule keeps the CPUs busy with apt and systemd while the
-# integration tests mostly wait on traffic and timeouts. Both end before the
-# benchmarks start; either failing fails the target (molecule's output follows).
-molecule-and-integration: lab-up sslyze
-	$(BIN)/python tests/run_scenarios.py --jobs $(MOLECULE_JOBS) > .cache/molecule-run.log 2>&1 & \
-	molecule=$$!; status=0; \
-	{ $(BIN)/ansible-playbook site.yml -i inventories/lab && $(BIN)/pytest -q tests/integration; } || status=$$?; \
-	wait $$molecule || status=$$?; \
-	cat .cache/molecule-run.log; \
+# `make test` runs two lanes side by side once the lab is up; either failing fails it.
+#  - checks lane: lint, unit, sanity, then every molecule scenario. Molecule's instances
+#    are containers of their own (distinct names and addresses) and keep the CPUs busy
+#    with apt and systemd;
+#  - lab lane: the lab's converge, the integration tests (they mostly wait on traffic
+#    and timeouts), then the benchmarks at a small size on the lab they converged.
+# The checks lane's output is printed when both have ended.
+checks-lane: lint unit sanity
+	$(BIN)/python tests/run_scenarios.py --jobs $(MOLECULE_JOBS)
+
+lab-lane: site
+	$(BIN)/pytest -q tests/integration
+	$(MAKE) --no-print-directory bench-small
+
+lanes: lab-up sslyze
+	@mkdir -p .cache; status=0; \
+	$(MAKE) --no-print-directory checks-lane > .cache/checks-lane.log 2>&1 & checks=$$!; \
+	$(MAKE) --no-print-directory lab-lane || status=$$?; \
+	wait $$checks || status=$$?; \
+	echo "=== checks lane (lint, unit, sanity, molecule) ==="; cat .cache/checks-lane.log; \
 	exit $$status
 
-test: lint unit sanity molecule-and-integration bench-small
+# (lab down on a line of its own: `make -n` runs every line that calls $(MAKE))
+test: lanes
 	$(PYTHON) lab/lab.py down
 
 build: venv

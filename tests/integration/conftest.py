@@ -84,14 +84,22 @@ class Lab:
     def lock_is_free(self, database):
         return self.sh("flock -n /run/lock/keelson-backup/%s.lock true" % database, check=False).returncode == 0
 
+    def lock_holders(self, database):
+        """pids with `database`'s backup lock open: the pg_backup / pg_restore / backup_prune module
+        (over pipelined SSH its command line is a bare python3, so only the lock names it) and any
+        child that inherited the descriptor."""
+        out = self.sh("find /proc/[0-9]*/fd -maxdepth 1 -lname /run/lock/keelson-backup/%s.lock 2>/dev/null "
+                      "| cut -d/ -f3 | sort -u" % database, check=False).stdout
+        return out.split()
+
     def module_processes(self, database):
-        """pids of pg_backup / pg_restore modules, pg_dump / pg_restore processes of `database` and
+        """pids of modules holding `database`'s lock, pg_dump / pg_restore processes of `database` and
         zombie pg_* processes on the db host."""
-        out = self.sh("for p in $(pgrep -f 'AnsiballZ_pg_(backup|restore)|pg_dump|pg_restore'); do "
-                      "[ $p = $$ ] && continue; tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -qE 'AnsiballZ|-d %s( |$)' && echo $p; "
+        out = self.sh("for p in $(pgrep -f 'pg_dump|pg_restore'); do "
+                      "[ $p = $$ ] && continue; tr '\\0' ' ' < /proc/$p/cmdline 2>/dev/null | grep -qE -- '-d %s( |$)' && echo $p; "
                       "done; ps -eo pid=,stat=,comm= | awk '$2 ~ /Z/ && $3 ~ /^pg_/ {print $1 \"(zombie)\"}'"
                       % database).stdout
-        return out.split()
+        return sorted(set(out.split()) | set(self.lock_holders(database)))
 
     def databases(self):
         return set(self.psql("postgres", "SELECT datname FROM pg_database;"))

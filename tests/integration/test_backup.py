@@ -448,9 +448,10 @@ def test_sigterm_mid_upload_ends_the_run_cleanly(lab, s3, run_prefix, big_db):
     try:
         wait_for(lambda: proc.poll() is not None or uploaded_parts(lab, s3, prefix), "a stored part")
         assert proc.poll() is None, "the backup ended before it could be stopped"
-        # exactly our module: the python process running this run's AnsiballZ_pg_backup
-        pids = lab.sh("pgrep -f '^/usr/bin/python3 .*AnsiballZ_pg_backup.py'; true").stdout.split()
-        assert len(pids) == 1, pids
+        # exactly our module: the one process holding the database's lock (its pid is in the lock file)
+        holder = lab.sh("cat /run/lock/keelson-backup/%s.lock" % big_db).stdout
+        pids = [re.match(r"pid (\d+) ", holder).group(1)]
+        assert pids[0] in lab.lock_holders(big_db), (holder, lab.lock_holders(big_db))
         with lab.stall_s3():  # holds the run mid-upload while it is stopped; resumed so the abort can succeed
             started = time.monotonic()
             lab.sh("kill -TERM %s" % pids[0])

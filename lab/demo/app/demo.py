@@ -84,18 +84,27 @@ class Backends:
             return self._pg_pool
 
     def query(self, sql, args=(), fetch=True):
+        """Runs one statement in its own transaction. A pooled connection that PostgreSQL
+        closed (a restart) fails before the statement reaches the server: that attempt is
+        retried once on a fresh connection, as an application's pool pre-ping would."""
+        import psycopg2
         pool = self.pg()
-        conn = pool.getconn()
-        broken = False
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(sql, args)
-                return cur.fetchall() if fetch else None
-        except Exception:
-            broken = True
-            raise
-        finally:
-            pool.putconn(conn, close=broken)
+        for attempt in (1, 2):
+            conn = pool.getconn()
+            broken = False
+            try:
+                with conn, conn.cursor() as cur:
+                    cur.execute(sql, args)
+                    return cur.fetchall() if fetch else None
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                broken = True
+                if attempt == 2 or not conn.closed:
+                    raise
+            except Exception:
+                broken = True
+                raise
+            finally:
+                pool.putconn(conn, close=broken)
 
     def redis(self):
         import redis
