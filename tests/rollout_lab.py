@@ -27,12 +27,12 @@ EDGE_NAME = "lb1.lab.keelson.test"
 EDGE_ADDRESS = "172.30.77.11"
 # Shorter than the defaults so the file runs in minutes; the logic is the same.
 FAST = {
-    "keelson_rollout_gate_interval": 0.5,
-    "keelson_rollout_gate_stable_seconds": 4,
-    "keelson_rollout_gate_timeout": 45,
-    "keelson_rollout_monitor_seconds": 8,
-    "keelson_rollout_monitor_interval": 0.5,
-    "keelson_rollout_stop_grace_period": 15,
+    "rollout_gate_interval": 0.5,
+    "rollout_gate_stable_seconds": 4,
+    "rollout_gate_timeout": 45,
+    "rollout_monitor_seconds": 8,
+    "rollout_monitor_interval": 0.5,
+    "rollout_stop_grace_period": 15,
 }
 
 

@@ -14,6 +14,9 @@ description:
     per host the replicas in replacement order with the image digest (or reference) they run and the
     one they would run, and whether each changes.
   - Pure function, no I/O. The input comes from M(keelson.stack.compose_rollout) with C(action=status) on each host.
+  - "Its companions serve the rollout role: C(rollout_published_services) (the services that publish ports, in stack
+    order; the first is the default C(rollout_service)) and C(rollout_settings_errors) (every problem of the role's
+    settings against the stack, one string each, as in C(services | keelson.stack.rollout_settings_errors(service, serial)))."
   - Its companion C(rollout_monitor_probes) turns the hostvars of the app hosts rolled so far into the HTTP probes
     of the monitoring window (every replica's health path on its backend address).
 options:
@@ -72,7 +75,8 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.keelson.stack.plugins.module_utils.release import plan_lines, rollout_plan as _plan
+from ansible_collections.keelson.stack.plugins.module_utils.release import (
+    plan_lines, published_services, rollout_plan as _plan, rollout_settings_errors)
 
 
 def rollout_plan(current, hosts, replicas, action, image=None, digest=None, serial=(1, "50%"), changes=None,
@@ -100,4 +104,5 @@ def rollout_monitor_probes(hosts, health_path="/health"):
 
 class FilterModule(object):
     def filters(self):
-        return {"rollout_plan": rollout_plan, "rollout_monitor_probes": rollout_monitor_probes}
+        return {"rollout_plan": rollout_plan, "rollout_monitor_probes": rollout_monitor_probes,
+                "rollout_settings_errors": rollout_settings_errors, "rollout_published_services": published_services}

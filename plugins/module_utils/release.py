@@ -199,6 +199,48 @@ def append_audit(path, entry):
 
 # --- the plan ------------------------------------------------------------------
 
+def published_services(services):
+    """Names of the stack's services that publish ports, in stack order: the ones a
+    rollout can take out of nginx replica by replica (the first is the default)."""
+    return [service.get("name") for service in services or [] if service.get("ports")]
+
+
+def _batch_size_ok(size):
+    if isinstance(size, bool):
+        return False
+    if isinstance(size, int):
+        return size > 0
+    text = str(size)
+    return bool(re.match(r"^[1-9][0-9]*%?$", text))
+
+
+def rollout_settings_errors(services, service, serial):
+    """Every problem of the rollout role's settings against the stack definition, one
+    string each (empty when they hold): the rolled service must be a service of the
+    stack that publishes ports, and every batch of ``serial`` must hold at least one
+    host (Ansible reads 0 as "all remaining hosts", which would skip the canary)."""
+    names = [s.get("name") for s in services or []]
+    published = published_services(services)
+    errors = []
+    if not service:
+        errors.append("rollout_service: the stack has no service that publishes ports (services: %s)"
+                      % (", ".join(names) or "none"))
+    elif service not in names:
+        errors.append("rollout_service: %s is not a service of compose_stack_services (%s)"
+                      % (service, ", ".join(names) or "none"))
+    elif service not in published:
+        errors.append("rollout_service: %s publishes no ports, and a rollout rolls a published service "
+                      "(services that publish ports: %s)" % (service, ", ".join(published) or "none"))
+    if not isinstance(serial, (list, tuple)) or not serial:
+        errors.append("rollout_serial: %r is not a non-empty list of batch sizes such as [1, \"50%%\"]" % (serial,))
+    else:
+        bad = [size for size in serial if not _batch_size_ok(size)]
+        if bad:
+            errors.append("rollout_serial: every batch size must be a number of hosts or a percentage above 0, "
+                          "not %s" % ", ".join(repr(size) for size in bad))
+    return errors
+
+
 def serial_batches(hosts, serial):
     """Splits ``hosts`` exactly as Ansible's ``serial`` does (playbook_executor): a list of
     sizes (ints or "N%" of all hosts, at least 1), the last one repeating; a size of 0 or

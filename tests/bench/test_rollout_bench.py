@@ -33,8 +33,8 @@ PLANS = {
 # The demo versions a deploy switches between; the lab may be on either when the bench starts.
 VERSIONS = ("1.0.0", "1.1.0")
 # Production-like gate (10 s stable window), no monitoring window.
-SETTINGS = {"keelson_rollout_monitor_seconds": 0, "keelson_rollout_gate_interval": 0.5,
-            "keelson_rollout_gate_stable_seconds": 10}
+SETTINGS = {"rollout_monitor_seconds": 0, "rollout_gate_interval": 0.5,
+            "rollout_gate_stable_seconds": 10}
 # Seconds between two reloads of the reload path stand-in (small: CI; full: about one replica step).
 RELOAD_SPACING = {"small": 2, "full": 8}
 RESENDS = {}

@@ -132,7 +132,7 @@ def test_rollback_returns_to_the_previous_release(load):
 def test_late_failure_rolls_every_host_back(load):
     """The canary (app1) breaks inside the monitoring window that follows batch 2: app2
     was already on 1.1.0, and both end on 1.0.0."""
-    proc = Playbook("deploy.yml", {"app_version": "1.1.0", "keelson_rollout_monitor_seconds": 25}).start()
+    proc = Playbook("deploy.yml", {"app_version": "1.1.0", "rollout_monitor_seconds": 25}).start()
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
@@ -210,7 +210,7 @@ def test_controller_killed_mid_rollout_then_rerun(load):
     """kill -9 of ansible-playbook while app1's first replica is being replaced; the rerun
     (waiting out the dead run's lock, whose ttl is short here) ends all-new, nothing down,
     and closes the dead run's record as failed."""
-    extra = {"app_version": "1.0.0", "keelson_rollout_lock_ttl": 20}
+    extra = {"app_version": "1.0.0", "rollout_lock_ttl": 20}
     known = {r["id"] for r in records("app1")}
     proc = Playbook("deploy.yml", extra).start()
     try:
@@ -225,7 +225,7 @@ def test_controller_killed_mid_rollout_then_rerun(load):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    rerun = Playbook("deploy.yml", dict(extra, keelson_rollout_lock_wait=120)).run()
+    rerun = Playbook("deploy.yml", dict(extra, rollout_lock_wait=120)).run()
     finish_load(load)
     assert rerun.returncode == 0, rerun.output[-6000:]
     assert "took over a stale lock" in rerun.output

@@ -10,7 +10,8 @@ import pytest
 from ansible.utils.helpers import pct_to_int
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
     append_audit, finish_record, interrupted_records, last_good_release, load_record, load_records, new_record, plan_lines,
-    record_path, rollback_target, rollout_plan, save_replica_step, serial_batches)
+    published_services, record_path, rollback_target, rollout_plan, rollout_settings_errors, save_replica_step,
+    serial_batches)
 
 OLD = "172.30.77.42:5000/demo-api@sha256:" + "a" * 64
 NEW = "172.30.77.42:5000/demo-api@sha256:" + "b" * 64
@@ -218,3 +219,31 @@ def test_plan_through_ansible(tmp_path):
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["batches"] == [["app1"], ["app2"]] and plan["replicas_to_change"] == 4
     assert plan["lines"][1:3] == ["batch 1 (canary): app1", "  app1 api-1:8001 sha256:aa -> demo-api:1.1.0"]
+
+
+STACK = [{"name": "web", "ports": [{"published": 3001, "target": 3000}]}, {"name": "worker", "ports": []},
+         {"name": "api", "ports": [{"published": 8001, "target": 8000}]}]
+
+
+def test_published_services_in_stack_order():
+    assert published_services(STACK) == ["web", "api"]
+    assert published_services([]) == [] and published_services(None) == []
+
+
+@pytest.mark.parametrize("serial", [[1, "50%"], [1], ["100%"], [2, "30%", 5], ["3"]])
+def test_rollout_settings_that_hold(serial):
+    assert rollout_settings_errors(STACK, "api", serial) == []
+
+
+def test_rollout_settings_errors_name_every_problem():
+    assert rollout_settings_errors(STACK, "worker", [1, 0, "0%", True, "half"]) == [
+        "rollout_service: worker publishes no ports, and a rollout rolls a published service "
+        "(services that publish ports: web, api)",
+        "rollout_serial: every batch size must be a number of hosts or a percentage above 0, "
+        "not 0, '0%', True, 'half'"]
+    assert rollout_settings_errors(STACK, "apii", []) == [
+        "rollout_service: apii is not a service of compose_stack_services (web, worker, api)",
+        'rollout_serial: [] is not a non-empty list of batch sizes such as [1, "50%"]']
+    assert rollout_settings_errors([STACK[1]], "", "1") == [
+        "rollout_service: the stack has no service that publishes ports (services: worker)",
+        "rollout_serial: '1' is not a non-empty list of batch sizes such as [1, \"50%\"]"]

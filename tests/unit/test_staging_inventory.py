@@ -27,6 +27,8 @@ def test_the_example_passes_every_check_and_its_tags_follow_app_version():
     assert rc == 0, out[-6000:]
     for host in ("lb1", "app1", "app2", "db1"):
         assert f"{host}.staging.example.com" in out
+    # the inventory's rollout settings, not a play's: the replicas deploy.yml's plan would roll
+    assert "rollout api-gateway: api-gateway-1, api-gateway-2" in out, out[-6000:]
 
 
 def test_the_check_catches_what_a_new_user_hit(tmp_path):
@@ -43,3 +45,19 @@ def test_the_vault_password_file_is_not_an_inventory_source():
                          text=True, timeout=120, env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
     assert res.returncode == 0, res.stderr
     assert "keelson-staging-example-only-not-a-secret" not in res.stdout
+
+
+def test_rollout_settings_come_from_the_inventory_and_are_checked(tmp_path):
+    """Without rollout_service the first published service is rolled; a worker (no ports)
+    and a batch of 0 hosts are refused, both named in one message, before any host is contacted."""
+    copy = tmp_path / "staging"
+    shutil.copytree(STAGING, copy)
+    rollout = copy / "group_vars" / "app" / "rollout.yml"
+    rollout.unlink()
+    rc, out = validate(copy)
+    assert rc == 0 and "rollout frontend: frontend-1, frontend-2" in out, out[-6000:]
+    rollout.write_text("rollout_service: worker\nrollout_serial: [0]\n")
+    rc, out = validate(copy)
+    assert rc != 0, out[-6000:]
+    assert "rollout_service: worker publishes no ports" in out, out[-6000:]
+    assert "rollout_serial: every batch size must be a number of hosts or a percentage above 0, not 0" in out
