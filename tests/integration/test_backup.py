@@ -470,7 +470,9 @@ def test_postgresql_restart_mid_dump_fails_cleanly(lab, s3, run_prefix, big_db):
     proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"), background=True)
     try:
         copying = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.pgbench_accounts %'"
-        wait_for(lambda: lab.psql("postgres", copying + ";") == ["1"], "pg_dump copying pgbench_accounts")
+        wait_for(lambda: proc.poll() is not None or lab.psql("postgres", copying + ";") == ["1"],
+                 "pg_dump copying pgbench_accounts", attempts=600)
+        assert proc.poll() is None, "the backup ended before PostgreSQL could be restarted"
         lab.sh("systemctl restart postgresql")
     finally:
         output = finish(proc, vars_file)
