@@ -72,7 +72,7 @@ class Lab:
 
     def stall_s3(self):
         """with lab.stall_s3(): ... -- S3 stops answering until the block ends."""
-        return S3Stall(self.vars.get("keelson_s3_container", "keelson-lab-s3"))
+        return S3Stall(self.vars.get("keelson_s3_container", "keelson-lab-s3"), self.vars["keelson_s3_endpoint_url"])
 
     def host_path(self, path):
         """The db host's `path` as seen from the controller (through its init's /proc root):
@@ -139,10 +139,14 @@ class S3Stall(object):
     """The lab's S3 server frozen: `docker pause`, or where this host's cgroup freezer
     refuses (\"unable to freeze\"), SIGSTOP of the radosgw process. Its TCP stack
     keeps accepting, so clients see exactly a server that stopped answering.
-    Always resumed on exit."""
+    Always resumed on exit. On a loaded machine the RADOS cluster behind a radosgw
+    stopped mid-upload has been seen to stay wedged afterwards (slow ops on the bucket
+    index, every request timing out): then the S3 container is restarted, so that the
+    tests that follow meet a working S3, and this test fails saying so."""
 
-    def __init__(self, container):
+    def __init__(self, container, endpoint):
         self.container = container
+        self.endpoint = endpoint
         self.how = None
 
     def __enter__(self):
@@ -159,6 +163,33 @@ class S3Stall(object):
 
     def __exit__(self, *exc):
         subprocess.run(list(self.how), check=True)
+        if s3_answers(self.endpoint, within=60):
+            return
+        subprocess.run(["docker", "restart", self.container], capture_output=True, check=True)
+        ready = s3_answers(self.endpoint, within=180, ready_file=(self.container, "/run/lab-s3-ready"))
+        raise AssertionError("the lab's S3 server still did not answer 60 s after the stall ended; "
+                             "its container was restarted (%s) and its objects are gone"
+                             % ("it answers again" if ready else "and it still does not answer"))
+
+
+def s3_answers(endpoint, within, ready_file=None):
+    """True once S3 answers a GET / within 5 s (and ready_file, (container, path), exists)."""
+    import time
+    import urllib.error
+    import urllib.request
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if ready_file is None or subprocess.run(["docker", "exec", ready_file[0], "test", "-e", ready_file[1]],
+                                                capture_output=True).returncode == 0:
+            try:
+                urllib.request.urlopen(endpoint + "/", timeout=5).close()
+                return True
+            except urllib.error.HTTPError:
+                return True
+            except OSError:
+                pass
+        time.sleep(1)
+    return False
 
 
 def recap(output):
