@@ -136,33 +136,34 @@ class Lab:
 
 
 class S3Stall(object):
-    """The lab's S3 server frozen: `docker pause`, or where this host's cgroup freezer
-    refuses (\"unable to freeze\"), SIGSTOP of the radosgw process. Its TCP stack
-    keeps accepting, so clients see exactly a server that stopped answering.
-    Always resumed on exit. On a loaded machine the RADOS cluster behind a radosgw
-    stopped mid-upload has been seen to stay wedged afterwards (slow ops on the bucket
-    index, every request timing out): then the S3 container is restarted, so that the
-    tests that follow meet a working S3, and this test fails saying so."""
+    """The lab's S3 server stops answering: in its container's network namespace,
+    every TCP segment it sends from the endpoint's port that carries data is dropped. Clients
+    still connect and their requests are still received and acknowledged, so they
+    see exactly a server that stopped answering, while radosgw and its RADOS
+    cluster keep running (freezing radosgw mid-upload has left the cluster wedged
+    on a loaded machine). On exit the rule is removed and TCP retransmits what was
+    held. If S3 still does not answer 60 s later, its container is restarted, so
+    that the tests that follow meet a working S3, and this test fails saying so."""
 
     def __init__(self, container, endpoint):
+        import urllib.parse
         self.container = container
         self.endpoint = endpoint
-        self.how = None
+        # a segment longer than an IP and a TCP header with timestamps (52 bytes) carries data
+        self.rule = ["OUTPUT", "-p", "tcp", "--sport", str(urllib.parse.urlsplit(endpoint).port), "!", "-o", "lo",
+                     "--tcp-flags", "SYN", "NONE", "-m", "length", "--length", "53:65535", "-j", "DROP"]
+
+    def iptables(self, action):
+        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.container], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        subprocess.run(["nsenter", "-t", pid, "-n", "iptables", "-w", action] + self.rule, check=True)
 
     def __enter__(self):
-        if subprocess.run(["docker", "pause", self.container], capture_output=True).returncode == 0:
-            self.how = ("docker", "unpause", self.container)
-            return self
-        top = subprocess.run(["docker", "top", self.container, "-eo", "pid,args"], capture_output=True, text=True,
-                             check=True).stdout
-        pids = [line.split()[0] for line in top.splitlines()[1:] if "radosgw" in line.split(None, 1)[1]]
-        assert len(pids) == 1, top
-        subprocess.run(["kill", "-STOP", pids[0]], check=True)
-        self.how = ("kill", "-CONT", pids[0])
+        self.iptables("-I")
         return self
 
     def __exit__(self, *exc):
-        subprocess.run(list(self.how), check=True)
+        self.iptables("-D")
         if s3_answers(self.endpoint, within=60):
             return
         subprocess.run(["docker", "restart", self.container], capture_output=True, check=True)
