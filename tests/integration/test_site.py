@@ -6,6 +6,7 @@ operator would: HTTPS through lb1 serves the API from both app hosts, a write
 through the edge lands in PostgreSQL on db1, and its event reaches the worker
 through RabbitMQ."""
 import json
+import os
 import re
 import subprocess
 import time
@@ -115,3 +116,28 @@ def test_security_headers_and_redirect():
                                "%{http_code} %{redirect_url}", "http://lb1.lab.keelson.test/health"],
                               capture_output=True, text=True, timeout=60)
     assert redirect.stdout.startswith("301 https://lb1.lab.keelson.test/health"), redirect.stdout
+
+
+def test_tls_edge_is_mozilla_intermediate_compliant(tmp_path):
+    """lb1 runs Debian 13's nginx (the nginx molecule scenario covers Debian 12's): sslyze,
+    trusting only the internal CA, finds the edge compliant with Mozilla's intermediate
+    profile. `make integration` and `make test` install sslyze (`make sslyze`)."""
+    sslyze = os.environ.get("KEELSON_SSLYZE", str(ROOT / ".cache" / "sslyze-venv" / "bin" / "sslyze"))
+    assert os.path.exists(sslyze), "sslyze not installed at %s (run `make sslyze`)" % sslyze
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(subprocess.run(["docker", "exec", "keelson-lab-lb1", "cat", CA], capture_output=True,
+                                      text=True, check=True).stdout)
+    address = yaml.safe_load((ROOT / "inventories" / "lab" / "hosts.yml").read_text()) \
+        ["all"]["children"]["lb"]["hosts"]["lb1"]["ansible_host"]
+    out = tmp_path / "scan.json"
+    res = subprocess.run([sslyze, "--mozilla_config=intermediate", "--resum", "--certinfo_ca_file=%s" % ca_file,
+                          "--json_out=%s" % out, "lb1.lab.keelson.test:443{%s}" % address],
+                         capture_output=True, text=True, timeout=900)
+    print(res.stdout)
+    scan = json.loads(out.read_text())["server_scan_results"]
+    assert len(scan) == 1 and scan[0]["connectivity_status"] == "COMPLETED", scan
+    assert scan[0]["scan_status"] == "COMPLETED"
+    deployments = scan[0]["scan_result"]["certificate_info"]["result"]["certificate_deployments"]
+    assert deployments[0]["verified_certificate_chain"], "chain not verified against the internal CA"
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "lb1.lab.keelson.test:443: OK - Compliant." in res.stdout
