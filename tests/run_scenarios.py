@@ -4,8 +4,8 @@
     run_scenarios.py [--jobs N] [SCENARIO ...]
 
 With no scenario names it runs every scenario under molecule/, those in ORDER
-first (cheap ones that warm the apt cache before the heavy ones), then any
-others alphabetically. --jobs runs that many scenarios at once (their instance
+first (longest first, so that the last to start are short and the jobs end
+together), then any others alphabetically. --jobs runs that many scenarios at once (their instance
 names, networks and addresses are distinct); each scenario's output goes to
 .cache/molecule-logs/<scenario>.log and is printed when it ends. Exit status is
 non-zero if any scenario failed.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".cache" / "molecule-logs"
-ORDER = ["smoke", "base", "docker", "postgresql", "redis", "rabbitmq", "nginx", "rollout_modules",
-         "compose_stack", "backup", "full_stack"]
+ORDER = ["base", "nginx", "docker", "compose_stack", "rabbitmq", "rollout_modules", "postgresql", "redis",
+         "backup", "smoke"]
 
 
 def discover():
