@@ -18,7 +18,8 @@ description:
     C(compose_stack_backends) (published backends of one host) and C(compose_stack_upstreams)
     (the nginx role's C(nginx_upstreams) from every app host's backends), C(compose_stack_rollout_pins)
     (which pins of C(compose.rollout.yaml) still match compose.yaml's images) and C(compose_stack_replicas)
-    (one service's replicas as M(keelson.stack.compose_rollout) takes them), and C(compose_stack_errors)
+    (one service's replicas as M(keelson.stack.compose_rollout) takes them), C(compose_stack_for_host)
+    (what of the stack runs on the host it is rendered for: the services placed there and their jobs), and C(compose_stack_errors)
     (the same checks as this filter and the secrets' names, returned as a list of messages instead of failing).
 options:
   _input:
@@ -90,6 +91,10 @@ def compose_stack_replicas(backends, service):
     return [{"service": b["replica"], "port": b["port"]} for b in backends[service]]
 
 
+def compose_stack_for_host(stack):
+    return cs.for_host(stack)
+
+
 def compose_stack_rollout_pins(pins, backends, services_now, services_before, pin_ids):
     return cs.rollout_pins_to_keep(pins, backends, services_now, services_before, pin_ids)
 
@@ -126,4 +131,5 @@ class FilterModule(object):
             "compose_stack_health_report": compose_stack_health_report,
             "compose_stack_rollout_pins": compose_stack_rollout_pins,
             "compose_stack_replicas": compose_stack_replicas,
+            "compose_stack_for_host": compose_stack_for_host,
         }

@@ -14,6 +14,11 @@ A service with published ports and ``replicas`` >= 2 becomes one Compose service
 replica, ``<name>-<n>``, publishing ``port + n - 1``: each replica is one nginx
 upstream server and can be replaced alone. Without published ports, replicas map
 to ``deploy.replicas``.
+
+The role adds ``host`` (the inventory host it renders for) and ``hosts`` (the app
+hosts, in inventory order). A service's ``placement`` picks the hosts it runs on:
+every app host by default, ``one`` (the first: a singleton, once per environment)
+or a list of app hosts. What runs on a host is :func:`for_host` of the stack.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -29,6 +34,7 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 MEMORY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[bkmg]?$", re.IGNORECASE)
 DEPENDS_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
+SINGLETON = "one"
 
 
 class StackError(ValueError):
@@ -64,6 +70,51 @@ def published(service):
     return out
 
 
+def placed_hosts(service, hosts):
+    """The app hosts (of ``hosts``, in their order) a service runs on."""
+    placement = service.get("placement")
+    if placement is None:
+        return list(hosts)
+    if placement == SINGLETON:
+        return list(hosts[:1])
+    return [h for h in hosts if h in placement]
+
+
+def _stack_hosts(stack):
+    return list(stack.get("hosts") or ([stack["host"]] if stack.get("host") else []))
+
+
+def for_host(stack):
+    """What of a stack runs on ``stack["host"]``: the services placed there and the jobs
+    of those services. A stack without ``host`` is returned as it is."""
+    if not stack.get("host"):
+        return stack
+    hosts = _stack_hosts(stack)
+    here = [s for s in stack.get("services") or [] if stack["host"] in placed_hosts(s, hosts)]
+    names = set(s.get("name") for s in here)
+    return dict(stack, services=here, jobs=[j for j in stack.get("jobs") or [] if j.get("service") in names])
+
+
+def _placement_errors(svc, where, hosts, replicas):
+    placement = svc.get("placement")
+    if placement is None:
+        return []
+    if placement == SINGLETON:
+        if int(replicas) > 1:
+            return ["%s: placement 'one' runs a single instance per environment; replicas must be 1, not %d"
+                    % (where, int(replicas))]
+        return []
+    if not isinstance(placement, list) or not all(isinstance(h, str) for h in placement):
+        return ["%s: placement must be 'one' or a list of app hosts, not %r" % (where, placement)]
+    if not placement:
+        return ["%s: placement lists no host" % where]
+    unknown = [h for h in placement if h not in hosts]
+    if unknown and hosts:
+        return ["%s: placement names %s, which %s not an app host (the app hosts: %s)"
+                % (where, ", ".join(unknown), "is" if len(unknown) == 1 else "are", ", ".join(hosts))]
+    return []
+
+
 def _named_volume(spec):
     """The named volume a short-syntax mount uses, or None for a bind mount."""
     source = spec.split(":", 1)[0] if ":" in spec else ""
@@ -87,6 +138,7 @@ def validate(stack):
     secret_names = set(stack.get("secret_names") or [])
     volumes = set(v for v in (stack.get("volumes") or []))
     networks = set(n.get("name") for n in (stack.get("networks") or []))
+    hosts = _stack_hosts(stack)
 
     seen_compose = {}
     seen_ports = {}
@@ -110,6 +162,7 @@ def validate(stack):
         if replicas is None or int(replicas) < 1:
             errors.append("%s: replicas must be at least 1" % where)
             continue
+        errors.extend(_placement_errors(svc, where, hosts, replicas))
         if svc.get("cpus") is not None and float(svc["cpus"]) <= 0:
             errors.append("%s: cpus must be greater than 0" % where)
         if svc.get("memory") and not MEMORY_RE.match(str(svc["memory"])):
@@ -144,6 +197,10 @@ def validate(stack):
         for dep, condition in (svc.get("depends_on") or {}).items():
             if dep not in by_name:
                 errors.append("%s: depends_on unknown service %r" % (where, dep))
+            elif hosts and not _placement_errors(by_name[dep], "", hosts, 1):
+                missing = [h for h in placed_hosts(svc, hosts) if h not in placed_hosts(by_name[dep], hosts)]
+                if missing:
+                    errors.append("%s: depends_on %r, which does not run on %s" % (where, dep, ", ".join(missing)))
             if dep == name:
                 errors.append("%s: depends on itself" % where)
             if condition not in DEPENDS_CONDITIONS:
@@ -240,9 +297,14 @@ def _service_body(svc, stack, replica, compose_names):
         body["depends_on"] = deps
     if svc.get("volumes"):
         body["volumes"] = [text(spec) for spec in svc["volumes"]]
-    for key in ("networks", "profiles"):
-        if svc.get(key):
-            body[key] = list(svc[key])
+    if is_split(svc):
+        # Each replica is a Compose service of its own; every one answers on the
+        # service's name too, so that `http://api:8000` reaches them whatever the count.
+        body["networks"] = dict((net, {"aliases": [svc["name"]]}) for net in svc.get("networks") or ["default"])
+    elif svc.get("networks"):
+        body["networks"] = list(svc["networks"])
+    if svc.get("profiles"):
+        body["profiles"] = list(svc["profiles"])
     restart = svc.get("restart")
     body["restart"] = "no" if restart is False else str(restart or "unless-stopped")
     if svc.get("stop_grace_period"):
@@ -262,6 +324,7 @@ def _service_body(svc, stack, replica, compose_names):
 def compose(stack, bind_address=""):
     """The Compose document (a dict) for a validated stack. ``bind_address`` is the host
     address ports are published on when a port sets no host_ip ("" = every address)."""
+    stack = for_host(stack)
     compose_names = dict((s["name"], replica_names(s)) for s in stack["services"])
     services = {}
     for svc in stack["services"]:
@@ -289,6 +352,7 @@ def compose(stack, bind_address=""):
 def backends(stack, host):
     """{service: [{"host", "port", "replica"}]} for every published TCP port, in replica
     order: what an nginx upstream per service is made of."""
+    stack = for_host(stack)
     out = {}
     for svc in stack["services"]:
         for name, _n, port in published(svc):
@@ -346,6 +410,7 @@ def release_images(stack, images, missing_ok=False):
     """{service: {"image", "id", "digest"}} from ``docker_image_info`` results: what each
     service runs, pinned by the registry digest when the image came from a registry
     (a loaded tarball has none: its image ID stands in)."""
+    stack = for_host(stack)
     by_ref = {}
     for img in images or []:
         for ref in (img.get("RepoTags") or []) + (img.get("RepoDigests") or []):
@@ -381,7 +446,7 @@ def preflight_services(stack, services, previous):
         return []
     old = previous.get("services") or {}
     out = []
-    for svc in stack["services"]:
+    for svc in for_host(stack)["services"]:
         if _ports(svc) and (old.get(svc["name"]) or {}).get("id") != services[svc["name"]]["id"]:
             out.append(replica_names(svc)[0])
     return out

@@ -217,7 +217,7 @@ def _batch_size_ok(size):
 def rollout_settings_errors(services, service, serial):
     """Every problem of the rollout role's settings against the stack definition, one
     string each (empty when they hold): the rolled service must be a service of the
-    stack that publishes ports, and every batch of ``serial`` must hold at least one
+    stack that publishes ports and runs on every app host (no placement), and every batch of ``serial`` must hold at least one
     host (Ansible reads 0 as "all remaining hosts", which would skip the canary)."""
     names = [s.get("name") for s in services or []]
     published = published_services(services)
@@ -231,6 +231,9 @@ def rollout_settings_errors(services, service, serial):
     elif service not in published:
         errors.append("rollout_service: %s publishes no ports, and a rollout rolls a published service "
                       "(services that publish ports: %s)" % (service, ", ".join(published) or "none"))
+    elif [s for s in services if s.get("name") == service][0].get("placement") is not None:
+        errors.append("rollout_service: %s has a placement, and a rollout rolls a service that runs on every "
+                      "app host" % service)
     if not isinstance(serial, (list, tuple)) or not serial:
         errors.append("rollout_serial: %r is not a non-empty list of batch sizes such as [1, \"50%%\"]" % (serial,))
     else:

@@ -61,6 +61,19 @@ def test_replicas_with_ports_become_one_service_each_with_consecutive_ports():
     assert "replicas" not in doc["services"]["api-1"].get("deploy", {})
 
 
+def test_every_replica_answers_on_the_service_name_on_each_of_its_networks():
+    doc = cs.compose(stack(), "")
+    for name in ("api-1", "api-2"):
+        assert doc["services"][name]["networks"] == {"default": {"aliases": ["api"]}}
+    assert "networks" not in doc["services"]["frontend"]  # one replica: its Compose name is its name
+    st = stack(networks=[{"name": "backend"}, {"name": "edge"}])
+    st["services"][1]["networks"] = ["backend", "edge"]
+    st["services"][2]["networks"] = ["edge"]
+    doc = cs.compose(st, "")
+    assert doc["services"]["api-2"]["networks"] == {"backend": {"aliases": ["api"]}, "edge": {"aliases": ["api"]}}
+    assert doc["services"]["frontend"]["networks"] == ["edge"]
+
+
 def test_replicas_without_ports_use_deploy_replicas():
     st = stack(services=[{"name": "worker", "image": "reg/w", "tag": "1", "replicas": 3}],
                volumes=[], jobs=[], secret_names=[])
@@ -300,3 +313,53 @@ def test_interpolate_opt_in_labels_and_secrets():
                volumes=[], jobs=[], secret_names=["TOKEN"])
     # secrets always come from .env through Compose, whatever interpolate says
     assert cs.compose(st)["services"]["web"]["environment"]["TOKEN"] == "${TOKEN:?TOKEN must be set in .env}"
+
+
+def seed_stack(host):
+    """A frontend calling the api, a worker, a scheduler once per environment, a sidecar on app2 only."""
+    return stack(
+        host=host, hosts=["app1", "app2"],
+        services=stack()["services"][:2] + [
+            {"name": "web", "image": "reg/web", "tag": "1", "replicas": 2, "ports": [{"published": 3000, "target": 80}],
+             "depends_on": {"api": "service_healthy"}},
+            {"name": "worker", "image": "reg/demo-api", "tag": "1.0.0", "command": ["worker"]},
+            {"name": "scheduler", "image": "reg/demo-api", "tag": "1.0.0", "command": ["beat"], "placement": "one"},
+            {"name": "sidecar", "image": "reg/side", "tag": "3", "placement": ["app2"],
+             "ports": [{"published": 9100, "target": 9100}]},
+        ],
+        jobs=[{"name": "migrate", "service": "api", "command": ["migrate"]},
+              {"name": "beat-schema", "service": "scheduler", "command": ["beat", "--init"]}])
+
+
+def test_placement_decides_what_each_host_runs():
+    app1, app2 = (cs.compose(cs.validate(seed_stack(h)), "") for h in ("app1", "app2"))
+    assert sorted(app1["services"]) == ["api-1", "api-2", "postgres", "scheduler", "web-1", "web-2", "worker"]
+    assert sorted(app2["services"]) == ["api-1", "api-2", "postgres", "sidecar", "web-1", "web-2", "worker"]
+    assert sorted(cs.backends(seed_stack("app1"), "10.0.0.21")) == ["api", "web"]
+    assert [b["port"] for b in cs.backends(seed_stack("app2"), "10.0.0.22")["sidecar"]] == [9100]
+    assert [j["name"] for j in cs.for_host(seed_stack("app1"))["jobs"]] == ["migrate", "beat-schema"]
+    assert [j["name"] for j in cs.for_host(seed_stack("app2"))["jobs"]] == ["migrate"]
+
+
+def test_a_stack_without_hosts_runs_everything_where_it_is_rendered():
+    st = stack()
+    assert cs.for_host(st) is st
+    alone = stack(host="vm1", services=stack()["services"] + [
+        {"name": "beat", "image": "reg/b", "tag": "1", "placement": "one"}])
+    assert "beat" in cs.compose(cs.validate(alone))["services"]
+
+
+def test_bad_placement_is_refused_naming_the_service():
+    st = seed_stack("app1")
+    assert errors_of(with_service(st, "scheduler", replicas=2)) == [
+        "service 'scheduler': placement 'one' runs a single instance per environment; replicas must be 1, not 2"]
+    assert errors_of(with_service(st, "sidecar", placement=["app2", "app9"])) == [
+        "service 'sidecar': placement names app9, which is not an app host (the app hosts: app1, app2)"]
+    assert errors_of(with_service(st, "sidecar", placement=[])) == ["service 'sidecar': placement lists no host"]
+    assert errors_of(with_service(st, "sidecar", placement="everywhere")) == [
+        "service 'sidecar': placement must be 'one' or a list of app hosts, not 'everywhere'"]
+    # web runs on both hosts, and would depend on the singleton on app1
+    assert errors_of(with_service(st, "web", depends_on={"scheduler": "service_started"})) == [
+        "service 'web': depends_on 'scheduler', which does not run on app2"]
+    # the other way round is fine: the singleton runs where the api runs
+    cs.validate(with_service(st, "scheduler", depends_on={"api": "service_healthy"}))

@@ -247,3 +247,10 @@ def test_rollout_settings_errors_name_every_problem():
     assert rollout_settings_errors([STACK[1]], "", "1") == [
         "rollout_service: the stack has no service that publishes ports (services: worker)",
         "rollout_serial: '1' is not a non-empty list of batch sizes such as [1, \"50%\"]"]
+
+
+def test_the_rolled_service_must_run_on_every_app_host():
+    placed = [dict(s, placement=["app1"]) if s["name"] == "api" else s for s in STACK]
+    assert rollout_settings_errors(placed, "api", [1, "50%"]) == [
+        "rollout_service: api has a placement, and a rollout rolls a service that runs on every app host"]
+    assert rollout_settings_errors(placed, "web", [1, "50%"]) == []

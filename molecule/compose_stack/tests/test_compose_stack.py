@@ -78,6 +78,18 @@ def test_the_replicas_are_distinct_containers(host):
     assert len(hosts) == 2
 
 
+def test_the_replicas_answer_on_the_service_name_inside_the_project(host):
+    """Another service of the project (a frontend calling http://api:8000) reaches the
+    replicas api-1 and api-2 by the service's name."""
+    resolve = "import socket; print(' '.join(sorted({a[4][0] for a in socket.getaddrinfo('api', 8000)})))"
+    answers = host.check_output("docker exec demo-worker-1 python3 -c %s", resolve).split()
+    replicas = [host.check_output("docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' %s",
+                                  "demo-%s-1" % name) for name in sorted(REPLICA_PORTS)]
+    assert sorted(answers) == sorted(replicas), (answers, replicas)
+    health = "import urllib.request; print(urllib.request.urlopen('http://api:8000/health', timeout=10).status)"
+    assert host.check_output("docker exec demo-worker-1 python3 -c %s", health) == "200"
+
+
 def test_write_read_and_the_worker_processes_the_event(host):
     created = http(host, "POST", f"http://{ADDRESS}:18001/items", json.dumps({"name": "molecule"}))
     assert created["status"] == 201, created
