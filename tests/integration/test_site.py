@@ -141,3 +141,34 @@ def test_tls_edge_is_mozilla_intermediate_compliant(tmp_path):
     assert deployments[0]["verified_certificate_chain"], "chain not verified against the internal CA"
     assert res.returncode == 0, res.stdout + res.stderr
     assert "lb1.lab.keelson.test:443: OK - Compliant." in res.stdout
+
+
+def on_host(host, *argv):
+    res = subprocess.run(["docker", "exec", "keelson-lab-%s" % host, *argv], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_the_scheduler_runs_once_on_the_first_app_host():
+    """`placement: one`: app1 runs the scheduler; app2's compose.yaml does not even declare it;
+    every tick in PostgreSQL comes from app1."""
+    compose = {h: yaml.safe_load(on_host(h, "cat", "/opt/keelson/stacks/demo/compose.yaml"))["services"]
+               for h in ("app1", "app2")}
+    assert "scheduler" in compose["app1"] and "scheduler" not in compose["app2"], compose
+    assert {"api-1", "api-2", "worker"} <= set(compose["app2"])
+    running = {h: on_host(h, "docker", "ps", "-q", "--filter", "label=com.docker.compose.service=scheduler").split()
+               for h in ("app1", "app2")}
+    assert len(running["app1"]) == 1 and running["app2"] == [], running
+
+    def ticks():
+        res = subprocess.run(["docker", "exec", "-u", "postgres", "keelson-lab-db1", "psql", "-d", "demo", "-tAc",
+                              "SELECT node, count(*) FROM scheduler_ticks GROUP BY node ORDER BY node"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return dict(line.split("|") for line in res.stdout.split())
+    for _ in range(30):
+        if ticks():
+            break
+        time.sleep(1)
+    assert list(ticks()) == ["app1"], ticks()

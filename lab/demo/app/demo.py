@@ -3,6 +3,9 @@
 
     demo.py serve        HTTP API on DEMO_PORT (default 8000)
     demo.py worker       consumes item events from RabbitMQ, records them in PostgreSQL
+    demo.py scheduler    a periodic job (Celery beat, cron) that must run once per environment:
+                         a row in scheduler_ticks every DEMO_SCHEDULER_INTERVAL s (default 5),
+                         naming DEMO_NODE (the app host) and the version
     demo.py migrate      creates the tables (idempotent); the stack's migration job
     demo.py healthcheck  the Docker healthcheck: exit 0 when the API answers
     demo.py healthcheck worker   exit 0 when the worker loop ran in the last 30 s
@@ -55,6 +58,12 @@ CREATE TABLE IF NOT EXISTS processed_events (
     item_id BIGINT PRIMARY KEY REFERENCES items (id),
     worker TEXT NOT NULL,
     processed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS scheduler_ticks (
+    id BIGSERIAL PRIMARY KEY,
+    node TEXT NOT NULL,
+    version TEXT NOT NULL,
+    ticked_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 """
 
@@ -388,6 +397,23 @@ def worker():
     log("worker stopped")
 
 
+def scheduler():
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    node = os.environ.get("DEMO_NODE", HOSTNAME)
+    interval = float(os.environ.get("DEMO_SCHEDULER_INTERVAL", "5"))
+    log(f"scheduler {VERSION} on {node}, every {interval:g} s")
+    while not stop.is_set():
+        try:
+            BACKENDS.query("INSERT INTO scheduler_ticks (node, version) VALUES (%s, %s)", (node, VERSION),
+                           fetch=False)
+        except Exception as exc:  # the database restarting is no reason to stop scheduling
+            log(f"scheduler: {type(exc).__name__}: {exc}; retrying")
+        stop.wait(interval)
+    log("scheduler stopped")
+
+
 def migrate():
     deadline = time.monotonic() + float(os.environ.get("DEMO_MIGRATE_WAIT", "60"))
     while True:
@@ -426,6 +452,8 @@ def main(argv):
         serve()
     elif cmd == "worker":
         worker()
+    elif cmd == "scheduler":
+        scheduler()
     elif cmd == "migrate":
         migrate()
     elif cmd == "healthcheck":
