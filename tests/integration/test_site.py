@@ -172,3 +172,11 @@ def test_the_scheduler_runs_once_on_the_first_app_host():
             break
         time.sleep(1)
     assert list(ticks()) == ["app1"], ticks()
+
+
+def test_rabbitmq_makes_durable_queues_quorum_queues():
+    """db1 runs Debian 13's RabbitMQ 4.0, where the role sets default_queue_type (the rabbitmq
+    molecule scenario runs 3.10, which has no such setting): the demo worker's durable queue,
+    declared without x-queue-type, is a quorum queue."""
+    queues = on_host("db1", "rabbitmqctl", "-q", "list_queues", "-p", "demo", "name", "type")
+    assert re.search(r"^demo\.items\s+quorum$", queues, re.M), queues

@@ -27,7 +27,10 @@ def converge(extra_vars=None):
 def run_ids():
     """Each instance's server run_id: it changes when redis-server restarts."""
     ids = {}
-    for name in ("redis-debian12", "redis-debian13"):
+    names = subprocess.run(["docker", "ps", "--filter", "name=^redis-debian", "--format", "{{.Names}}"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert names, "no redis instance is running"
+    for name in names:
         info = subprocess.run(
             ["docker", "exec", "-e", "REDISCLI_AUTH", name, "redis-cli", "--no-auth-warning",
              "--user", "keelson-admin", "INFO", "server"],
