@@ -101,6 +101,10 @@ S3_BUCKET = "keelson-backups"
 
 # Flags that make a systemd container boot here (see shared/LAB-NOTES.md:
 # --privileged is refused by this sandbox).
+# The lab's containers weigh four times a molecule instance (Docker's default, 1024)
+# for the CPU: `make test` runs the molecule scenarios beside the integration tests,
+# and the lab lane, which mostly waits on its hosts, is the longer one.
+CPU_SHARES = ["--cpu-shares", "4096"]
 SYSTEMD_FLAGS = [
     "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
     # `docker exec` in a nested engine (healthchecks, compose --wait) needs ptrace
@@ -335,7 +339,7 @@ def ensure_network():
 
 def start_host(name, spec, release):
     args = ["--hostname", name, "--network", NETWORK, "--ip", address(spec["ip"]),
-            "--network-alias", name, "--network-alias", f"{name}.{DOMAIN}", *SYSTEMD_FLAGS]
+            "--network-alias", name, "--network-alias", f"{name}.{DOMAIN}", *CPU_SHARES, *SYSTEMD_FLAGS]
     if spec.get("docker_volume"):
         vol = f"keelson-lab-{name}-docker"
         docker("volume", "create", "--label", LABEL, vol)
@@ -345,7 +349,7 @@ def start_host(name, spec, release):
 
 def start_service(name, svc, creds):
     args = ["--hostname", name, "--network", NETWORK, "--ip", address(svc["ip"]),
-            "--network-alias", name, "--network-alias", f"{name}.{DOMAIN}"]
+            "--network-alias", name, "--network-alias", f"{name}.{DOMAIN}", *CPU_SHARES]
     if svc["data"]:
         vol = f"keelson-lab-{name}-data"
         docker("volume", "create", "--label", LABEL, vol)
