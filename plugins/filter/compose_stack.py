@@ -19,7 +19,7 @@ description:
     (the nginx role's C(nginx_upstreams) from every app host's backends), C(compose_stack_rollout_pins)
     (which pins of C(compose.rollout.yaml) still match compose.yaml's images) and C(compose_stack_replicas)
     (one service's replicas as M(keelson.stack.compose_rollout) takes them), C(compose_stack_for_host)
-    (what of the stack runs on the host it is rendered for: the services placed there and their jobs), and C(compose_stack_errors)
+    (the services placed on the host it is rendered for, and their jobs), and C(compose_stack_errors)
     (the same checks as this filter and the secrets' names, returned as a list of messages instead of failing).
 options:
   _input:
