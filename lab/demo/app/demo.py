@@ -9,6 +9,7 @@
     demo.py migrate      creates the tables (idempotent); the stack's migration job
     demo.py healthcheck  the Docker healthcheck: exit 0 when the API answers
     demo.py healthcheck worker   exit 0 when the worker loop ran in the last 30 s
+    demo.py healthcheck scheduler   exit 0 when the scheduler ticked in the last 30 s
 
 API: GET /health (liveness), GET /ready (PostgreSQL, Redis, RabbitMQ reachable),
 GET /version, POST /items {"name": ...}, GET /items/<id>, GET /events/<id>
@@ -364,6 +365,7 @@ def serve():
 # --- worker, migrate, healthcheck ---------------------------------------------
 
 HEARTBEAT = Path("/tmp/demo-worker.heartbeat")
+SCHEDULER_HEARTBEAT = Path("/tmp/demo-scheduler.heartbeat")
 
 
 def worker():
@@ -408,6 +410,7 @@ def scheduler():
         try:
             BACKENDS.query("INSERT INTO scheduler_ticks (node, version) VALUES (%s, %s)", (node, VERSION),
                            fetch=False)
+            SCHEDULER_HEARTBEAT.touch()
         except Exception as exc:  # the database restarting is no reason to stop scheduling
             log(f"scheduler: {type(exc).__name__}: {exc}; retrying")
         stop.wait(interval)
@@ -429,13 +432,14 @@ def migrate():
 
 
 def healthcheck(what="api"):
-    if what == "worker":
+    if what in ("worker", "scheduler"):
+        beat = HEARTBEAT if what == "worker" else SCHEDULER_HEARTBEAT
         try:
-            age = time.time() - HEARTBEAT.stat().st_mtime
+            age = time.time() - beat.stat().st_mtime
         except OSError:
-            print("worker: no heartbeat yet")
+            print(f"{what}: no heartbeat yet")
             return 1
-        print(f"worker: heartbeat {age:.0f}s ago")
+        print(f"{what}: heartbeat {age:.0f}s ago")
         return 0 if age < 30 else 1
     path = "/livez" if FAIL_MODE == "probe" else "/health"
     try:
