@@ -180,3 +180,13 @@ def test_rabbitmq_makes_durable_queues_quorum_queues():
     declared without x-queue-type, is a quorum queue."""
     queues = on_host("db1", "rabbitmqctl", "-q", "list_queues", "-p", "demo", "name", "type")
     assert re.search(r"^demo\.items\s+quorum$", queues, re.M), queues
+
+
+def test_redis_8_refuses_unauthenticated_clients():
+    """db1 runs Debian 13's Redis 8, whose default user the role disables (the redis molecule
+    scenario runs Debian 12's 7.0, where the default user gets a password): a PING without
+    credentials gets NOAUTH."""
+    assert on_host("db1", "redis-server", "--version").startswith("Redis server v=8.")
+    ping = subprocess.run(["docker", "exec", "keelson-lab-db1", "redis-cli", "-h", "127.0.0.1", "PING"],
+                          capture_output=True, text=True, timeout=60)
+    assert (ping.stdout + ping.stderr).startswith("NOAUTH"), ping
