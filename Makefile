@@ -75,8 +75,11 @@ sanity: venv
 molecule: lab-up sslyze
 	$(BIN)/python tests/run_scenarios.py --jobs $(MOLECULE_JOBS) $(SCENARIOS)
 
+# The integration tests, with the slowest listed (`make integration` and the lab lane)
+INTEGRATION := $(BIN)/pytest -q --durations=25 tests/integration
+
 integration: lab sslyze
-	$(BIN)/pytest -q --durations=25 tests/integration
+	$(INTEGRATION)
 
 bench: lab
 	$(BIN)/pytest -q -s tests/bench --bench-size=full
@@ -103,7 +106,7 @@ checks-lane: lint unit sanity
 lab-lane: lab-up
 	@touch $(LAB_UP_MARK)
 	$(MAKE) --no-print-directory site
-	$(BIN)/pytest -q --durations=25 tests/integration
+	$(INTEGRATION)
 	$(MAKE) --no-print-directory bench-small
 
 lanes: venv sslyze
