@@ -20,6 +20,9 @@ from loadgen import Load, summary_line  # noqa: E402
 
 APP_HOSTS = ["app1", "app2"]
 REPLICAS = ["api-1", "api-2"]
+# what a deploy rolls after the API's replicas: the worker on each app host, the scheduler
+# (placement: one) on the first
+PORTLESS = {"app1": ["worker", "scheduler"], "app2": ["worker"]}
 PROJECT_DIR = "/opt/keelson/stacks/demo"
 LOCK = "/opt/keelson/locks/lab.lock"
 CA = ROOT / ".cache" / "pki" / "lab" / "ca.crt"
@@ -50,11 +53,11 @@ def on(host, *argv, check=True, timeout=120):
 
 
 def versions():
-    """{host: {replica: DEMO_VERSION of the running container}}."""
+    """{host: {replica or port-less service: DEMO_VERSION of the running container}}."""
     out = {}
     for host in APP_HOSTS:
         out[host] = {}
-        for replica in REPLICAS:
+        for replica in REPLICAS + PORTLESS[host]:
             env = json.loads(on(host, "docker", "inspect", "-f", "{{json .Config.Env}}", "demo-%s-1" % replica))
             state = on(host, "docker", "inspect", "-f", "{{.State.Health.Status}}", "demo-%s-1" % replica).strip()
             version = [e.split("=", 1)[1] for e in env if e.startswith("DEMO_VERSION=")][0]
@@ -62,8 +65,19 @@ def versions():
     return out
 
 
+def demo_sql(sql):
+    """Rows (lists of strings) of a query in the demo database on db1."""
+    out = on("db1", "runuser", "-u", "postgres", "--", "psql", "-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+             "-d", "demo", "-c", sql)
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def migration_runs(version):
+    return int(demo_sql("SELECT count(*) FROM migration_runs WHERE version = '%s'" % version)[0][0])
+
+
 def all_on(version):
-    return {host: {replica: version for replica in REPLICAS} for host in APP_HOSTS}
+    return {host: {replica: version for replica in REPLICAS + PORTLESS[host]} for host in APP_HOSTS}
 
 
 def container_ids(host):
@@ -185,6 +199,8 @@ def requests_while_replaced(run, since):
         record = record_of(host, run) or {"replicas": []}
         address = private_address(host)
         for step in record["replicas"]:
+            if not step.get("port"):
+                continue  # a worker: no backend
             end = epoch(step["at"])
             windows.append(("%s:%d" % (address, step["port"]), end - step["seconds"], end))
     bad = []

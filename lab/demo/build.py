@@ -8,6 +8,8 @@ Images (all FROM the lab's keelson/debian:13; nothing is pulled):
     demo-api:1.1.0-unhealthy          /health answers 500 (Docker healthcheck fails)
     demo-api:1.1.0-exits              exits 5 s after start
     demo-api:1.1.0-probefail          Docker-healthy, but /health answers 500
+    demo-api:1.1.0-badworker          the API is fine, the worker exits 1 s after start
+    demo-api:1.1.0-badmigration       its migration fails (exit 1), changing nothing
     demo-postgres:17, demo-redis:8, demo-rabbitmq:4   test-only backing services
 
 The lab registry speaks plain HTTP on a private address. A Docker engine refuses
@@ -37,6 +39,8 @@ IMAGES = [
     ("demo-api", "1.1.0-unhealthy", "app", {"DEMO_VERSION": "1.1.0-unhealthy", "DEMO_FAIL_MODE": "unhealthy"}),
     ("demo-api", "1.1.0-exits", "app", {"DEMO_VERSION": "1.1.0-exits", "DEMO_FAIL_MODE": "exit"}),
     ("demo-api", "1.1.0-probefail", "app", {"DEMO_VERSION": "1.1.0-probefail", "DEMO_FAIL_MODE": "probe"}),
+    ("demo-api", "1.1.0-badworker", "app", {"DEMO_VERSION": "1.1.0-badworker", "DEMO_FAIL_MODE": "worker"}),
+    ("demo-api", "1.1.0-badmigration", "app", {"DEMO_VERSION": "1.1.0-badmigration", "DEMO_FAIL_MODE": "migrate"}),
     ("demo-postgres", "17", "postgres", {}),
     ("demo-redis", "8", "redis", {}),
     ("demo-rabbitmq", "4", "rabbitmq", {}),

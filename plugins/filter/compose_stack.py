@@ -17,9 +17,13 @@ description:
   - Companion filters in this file are C(compose_stack_compose) (the Compose document),
     C(compose_stack_backends) (published backends of one host) and C(compose_stack_upstreams)
     (the nginx role's C(nginx_upstreams) from every app host's backends), C(compose_stack_rollout_pins)
-    (which pins of C(compose.rollout.yaml) still match compose.yaml's images) and C(compose_stack_replicas)
-    (one service's replicas as M(keelson.stack.compose_rollout) takes them), C(compose_stack_for_host)
-    (the services placed on the host it is rendered for, and their jobs), and C(compose_stack_errors)
+    (which pins of C(compose.rollout.yaml) still match compose.yaml's images) C(compose_stack_rollout_units)
+    (what a deploy replaces on the host, the rollout service's replicas then every service without published
+    ports, as M(keelson.stack.compose_rollout) takes them), C(compose_stack_rollout_targets) (the image each of
+    those units goes to), C(compose_stack_for_host)
+    (the services placed on the host it is rendered for, and their jobs), C(compose_stack_host_jobs) (the jobs of
+    those services, with the Compose service each runs in) and C(compose_stack_jobs_once) (each job once, on the
+    first app host that asks for it), and C(compose_stack_errors)
     (the same checks as this filter and the secrets' names, returned as a list of messages instead of failing).
 options:
   _input:
@@ -83,12 +87,18 @@ def compose_stack_preflight_services(stack, services, previous):
     return cs.preflight_services(stack, services, previous)
 
 
-def compose_stack_replicas(backends, service):
-    """[{service, port}] of one service's replicas, in order: compose_rollout's ``replicas``."""
-    if service not in (backends or {}):
-        raise AnsibleFilterError("service %s publishes no ports on this host (services with backends: %s)"
-                                 % (service, ", ".join(sorted(backends or {})) or "none"))
-    return [{"service": b["replica"], "port": b["port"]} for b in backends[service]]
+def compose_stack_rollout_units(stack, backends, service):
+    try:
+        return cs.rollout_units(stack, backends, service)
+    except ValueError as exc:
+        raise AnsibleFilterError(str(exc))
+
+
+def compose_stack_rollout_targets(stack, backends, service, image=None):
+    try:
+        return cs.rollout_targets(stack, backends, service, image)
+    except ValueError as exc:
+        raise AnsibleFilterError(str(exc))
 
 
 def compose_stack_for_host(stack):
@@ -99,8 +109,18 @@ def compose_stack_rollout_pins(pins, backends, services_now, services_before, pi
     return cs.rollout_pins_to_keep(pins, backends, services_now, services_before, pin_ids)
 
 
-def compose_stack_job_service(job, stack):
-    return cs.job_service(stack, job)
+def compose_stack_host_jobs(stack):
+    try:
+        return cs.host_jobs(stack)
+    except cs.StackError as exc:
+        raise AnsibleFilterError(str(exc))
+
+
+def compose_stack_jobs_once(hosts):
+    """Each job once, from the app hosts' hostvars in play order (their
+    compose_stack__jobs_due, as the role sets it): [{name, host, service, command}]."""
+    return cs.jobs_once([{"host": h["inventory_hostname"], "jobs": h.get("compose_stack__jobs_due") or []}
+                         for h in hosts])
 
 
 def compose_stack_health_report(containers):
@@ -127,9 +147,11 @@ class FilterModule(object):
             "compose_stack_release_images": compose_stack_release_images,
             "compose_stack_fingerprint": compose_stack_fingerprint,
             "compose_stack_preflight_services": compose_stack_preflight_services,
-            "compose_stack_job_service": compose_stack_job_service,
+            "compose_stack_host_jobs": compose_stack_host_jobs,
+            "compose_stack_jobs_once": compose_stack_jobs_once,
             "compose_stack_health_report": compose_stack_health_report,
             "compose_stack_rollout_pins": compose_stack_rollout_pins,
-            "compose_stack_replicas": compose_stack_replicas,
+            "compose_stack_rollout_units": compose_stack_rollout_units,
+            "compose_stack_rollout_targets": compose_stack_rollout_targets,
             "compose_stack_for_host": compose_stack_for_host,
         }

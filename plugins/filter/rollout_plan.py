@@ -18,7 +18,9 @@ description:
     order; the first is the default C(rollout_service)) and C(rollout_settings_errors) (every problem of the role's
     settings against the stack, one string each, as in C(services | keelson.stack.rollout_settings_errors(service, serial)))."
   - Its companion C(rollout_monitor_probes) turns the hostvars of the app hosts rolled so far into the HTTP probes
-    of the monitoring window (every replica's health path on its backend address).
+    of the monitoring window (every replica's health path on its backend address); C(rollout_jobs) turns the
+    hostvars of the app hosts into the release's jobs, each to run once (on the first host its service runs on,
+    on that host's target image), and C(rollout_job_line) prints one.
 options:
   _input:
     description: "Per host, the replicas' current state: C({host: {replica: {image, digest}}})."
@@ -30,9 +32,10 @@ options:
     elements: str
     required: true
   replicas:
-    description: The replicas, C([{service, port}]), in replacement order.
-    type: list
-    elements: dict
+    description:
+      - "The replicas, C([{service, port}]), in replacement order, the same on every host; or C({host: [{service, port}]})
+        when placement makes them differ. C(port) is omitted for a service without published ports."
+    type: raw
     required: true
   action:
     description: C(deploy) or C(restart).
@@ -75,6 +78,7 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.keelson.stack.plugins.module_utils.compose_stack import rollout_jobs as _jobs
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
     plan_lines, published_services, rollout_plan as _plan, rollout_settings_errors)
 
@@ -82,7 +86,9 @@ from ansible_collections.keelson.stack.plugins.module_utils.release import (
 def rollout_plan(current, hosts, replicas, action, image=None, digest=None, serial=(1, "50%"), changes=None,
                  targets=None):
     try:
-        replicas = [{"name": r.get("name") or r["service"], "port": r["port"]} for r in replicas]
+        def names(items):
+            return [{"name": r.get("name") or r["service"], "port": r.get("port")} for r in items]
+        replicas = dict((h, names(r)) for h, r in replicas.items()) if isinstance(replicas, dict) else names(replicas)
         plan = _plan(hosts, replicas, current or {}, action, image, digest, serial, changes, targets)
     except (KeyError, ValueError) as exc:
         raise AnsibleFilterError("rollout_plan: %s" % exc)
@@ -97,12 +103,31 @@ def rollout_monitor_probes(hosts, health_path="/health"):
     probes = []
     for host in hosts:
         for replica in host["keelson_rollout_replicas"]:
+            if not replica.get("port"):
+                continue  # a worker: its gate was Docker's, it has no health path
             probes.append({"type": "http", "name": "%s %s" % (host["inventory_hostname"], replica["service"]),
                            "url": "http://%s:%d%s" % (host["keelson_rollout_address"], replica["port"], health_path)})
     return probes
 
 
+def rollout_jobs(hosts):
+    """The release's jobs, each once, from the hostvars of the app hosts in play order
+    (compose_stack_placed and keelson_rollout_targets, as the rollout playbook sets them):
+    [{name, host, service, command, image}]."""
+    try:
+        return _jobs([{"host": h["inventory_hostname"], "stack": h["compose_stack_placed"],
+                       "targets": h["keelson_rollout_targets"]} for h in hosts])
+    except (KeyError, ValueError) as exc:
+        raise AnsibleFilterError("rollout_jobs: %s" % exc)
+
+
+def rollout_job_line(job):
+    return "job %s once on %s: %s in %s, image %s" % (
+        job["name"], job["host"], " ".join(job["command"]), job["service"], job["image"])
+
+
 class FilterModule(object):
     def filters(self):
         return {"rollout_plan": rollout_plan, "rollout_monitor_probes": rollout_monitor_probes,
+                "rollout_jobs": rollout_jobs, "rollout_job_line": rollout_job_line,
                 "rollout_settings_errors": rollout_settings_errors, "rollout_published_services": published_services}

@@ -26,6 +26,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
+import math
 import re
 
 PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -363,6 +364,90 @@ def backends(stack, host):
     return out
 
 
+def duration_seconds(value):
+    """Whole seconds (rounded up) of a Compose duration (``30s``, ``1m30s``, ``500ms``, a
+    number of seconds), or None when it is not one."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(math.ceil(value))
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", str(value or ""))
+    if not parts or "".join(n + u for n, u in parts) != str(value).strip():
+        return None
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 0.000001}
+    return int(math.ceil(sum(float(n) * scale[u] for n, u in parts)))
+
+
+def rollout_units(stack, backends_here, service):
+    """What a deploy replaces on ``stack["host"]``, in order: each replica of ``service``
+    (the published service, one nginx backend per replica), then every service placed
+    here that publishes no port (workers, schedulers), as one unit each, stopped with its
+    own ``stop_grace_period`` when it has one. [{service, port?, stop_grace_period?}], as
+    compose_rollout's ``replicas`` takes them."""
+    if service not in (backends_here or {}):
+        raise ValueError("service %s publishes no ports on this host (services with backends: %s)"
+                         % (service, ", ".join(sorted(backends_here or {})) or "none"))
+    units = [{"service": b["replica"], "port": b["port"]} for b in backends_here[service]]
+    for svc in for_host(stack)["services"]:
+        if svc.get("ports"):
+            continue
+        unit = {"service": svc["name"]}
+        grace = duration_seconds(svc.get("stop_grace_period"))
+        if grace is not None:
+            unit["stop_grace_period"] = grace
+        units.append(unit)
+    return units
+
+
+def rollout_targets(stack, backends_here, service, image=None):
+    """{unit: image reference} for a deploy of the inventory's release: every unit of
+    rollout_units to the image the inventory names for it. ``image`` (an operator's
+    one-off image for ``service``) deploys that image to the replicas of ``service`` alone."""
+    by_name = dict((s["name"], s) for s in for_host(stack)["services"])
+    replicas = set(b["replica"] for b in (backends_here or {}).get(service) or [])
+    targets = {}
+    for unit in rollout_units(stack, backends_here, service):
+        name = unit["service"]
+        if name in replicas:
+            targets[name] = image or image_ref(by_name[service])
+        elif not image:
+            targets[name] = image_ref(by_name[name])
+    return targets
+
+
+def host_jobs(stack):
+    """The jobs of what runs on ``stack["host"]``: [{name, service, command}], ``service``
+    being the Compose service each runs in."""
+    placed = for_host(stack)
+    return [{"name": job["name"], "service": job_service(placed, job), "command": list(job["command"])}
+            for job in placed.get("jobs") or []]
+
+
+def jobs_once(hosts):
+    """Each job once, on the first host (in play order) that has it: ``hosts`` is
+    [{host, jobs}] (jobs as host_jobs gives them); returns [{name, host, service, command}]."""
+    out, seen = [], set()
+    for entry in hosts:
+        for job in entry.get("jobs") or []:
+            if job["name"] not in seen:
+                seen.add(job["name"])
+                out.append(dict(job, host=entry["host"]))
+    return out
+
+
+def rollout_jobs(hosts):
+    """The release's jobs (migrations) for a deploy, each to run once, before any replica
+    of the new release serves: [{name, host, service, command, image}] in definition
+    order. ``hosts`` is [{host, stack, targets}] in play order (each app host's placed
+    stack and its deploy targets, {unit: image}); a job runs on the first host where its
+    service is placed, on the image that host's deploy gives its service. A job whose
+    service this run does not change is left out."""
+    due = []
+    for entry in hosts:
+        targets = entry.get("targets") or {}
+        due.append({"host": entry["host"], "jobs": [dict(job, image=targets[job["service"]])
+                                                    for job in host_jobs(entry["stack"]) if job["service"] in targets]})
+    return jobs_once(due)
+
+
 def upstreams(backends_per_host, services=None, keepalive=32, max_fails=1, fail_timeout=10):
     """nginx role's ``nginx_upstreams`` from each app host's backends fact, one upstream per
     service (in the order the services first appear), servers in host then replica order."""
@@ -494,6 +579,8 @@ def rollout_pins_to_keep(pins, backends, services_now, services_before, pin_ids)
     to ``{"id": image id}`` (this run's and the previous release's), ``pin_ids`` a pin's
     reference to its image ID."""
     service_of = dict((b["replica"], name) for name, items in (backends or {}).items() for b in items)
+    # a service without published ports is rolled, and pinned, under its own name
+    service_of.update((name, name) for name in services_now or {} if name not in service_of)
     kept = {}
     for replica, pin in sorted((pins or {}).items()):
         service = service_of.get(replica)

@@ -280,7 +280,8 @@ def rollout_plan(hosts, replicas, current, action, target_image=None, target_dig
     """The rollout as data: batches of hosts (canary first), per host the replicas in the
     order they are replaced and whether each changes.
 
-    ``replicas``: [{name, port}] in replacement order (the same on every host);
+    ``replicas``: [{name, port}] in replacement order, the same on every host, or
+    {host: [{name, port}]} when placement makes them differ (port None: no backend);
     ``current``: {host: {replica: {image, digest}}}; ``action``: deploy or restart.
     ``changes`` ({host: {replica: bool}}, e.g. from compose_rollout in check mode, which
     compares image IDs) decides over the reference/digest comparison where it has an
@@ -296,7 +297,9 @@ def rollout_plan(hosts, replicas, current, action, target_image=None, target_dig
     per_host = {}
     for host in hosts:
         steps = []
-        for replica in replicas:
+        for replica in (replicas.get(host) or []) if isinstance(replicas, dict) else replicas:
+            if targets and action == "deploy" and replica["name"] not in (targets.get(host) or {}):
+                continue  # not part of this run (a one-off image for one service, a rollback)
             now = (current.get(host) or {}).get(replica["name"]) or {}
             to = (targets.get(host) or {}).get(replica["name"]) or target_digest or target_image
             if action == "restart":
@@ -305,7 +308,7 @@ def rollout_plan(hosts, replicas, current, action, target_image=None, target_dig
                 change = bool(changes[host][replica["name"]])
             else:
                 change = replica_changes(now, to, target_digest if not targets else None)
-            steps.append({"name": replica["name"], "port": replica["port"],
+            steps.append({"name": replica["name"], "port": replica.get("port"),
                           "from": now.get("digest") or now.get("image"), "to": to, "changes": change})
         per_host[host] = {"replicas": steps, "changes": sum(1 for s in steps if s["changes"])}
     # every host is in a batch, as the playbook's serial puts it there; hosts without
@@ -332,7 +335,8 @@ def plan_lines(plan):
         for host in batch:
             for step in plan["hosts"][host]["replicas"]:
                 if step["changes"]:
-                    lines.append("  %s %s:%s %s -> %s" % (host, step["name"], step["port"], step["from"], step["to"]))
+                    port = ":%s" % step["port"] if step["port"] else ""
+                    lines.append("  %s %s%s %s -> %s" % (host, step["name"], port, step["from"], step["to"]))
     if plan["unchanged_hosts"]:
         lines.append("already on target: " + ", ".join(plan["unchanged_hosts"]))
     return lines

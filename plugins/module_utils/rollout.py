@@ -33,6 +33,7 @@ from ansible_collections.keelson.stack.plugins.module_utils.probes import GateFa
 from ansible_collections.keelson.stack.plugins.module_utils.release import write_json_atomically
 
 PIN_FILE = "compose.rollout.yaml"
+JOB_FILE = "compose.job.yaml"
 
 
 class RolloutError(Exception):
@@ -70,11 +71,16 @@ class ComposeProject:
     def pin_path(self):
         return os.path.join(self.dir, PIN_FILE)
 
-    def compose(self, *args):
+    def argv(self, *args, **kwargs):
+        """``docker compose`` on the project, with the pin file and ``extra_files`` (names
+        in the project directory) after the compose files."""
         argv = ["docker", "compose", "--project-directory", self.dir, "-p", self.project]
-        for name in self.files + ([PIN_FILE] if os.path.exists(self.pin_path) else []):
+        for name in self.files + ([PIN_FILE] if os.path.exists(self.pin_path) else []) + kwargs.get("extra_files", []):
             argv += ["-f", os.path.join(self.dir, name)]
-        rc, out, err = self.run(argv + list(args))
+        return argv + list(args)
+
+    def compose(self, *args):
+        rc, out, err = self.run(self.argv(*args))
         if rc != 0:
             raise RolloutError("%s failed: %s" % (" ".join(["docker compose"] + list(args)), (err or out).strip()[-2000:]))
         return out
@@ -133,6 +139,18 @@ class ComposeProject:
     def up(self, service):
         self.compose("up", "-d", "--no-deps", "--force-recreate", "--pull", "never", service)
 
+    def run_once(self, service, reference, argv):
+        """``docker compose run --rm`` of ``argv`` in ``service`` on the image ``reference``
+        (an override file next to the others says so while it runs): the service's
+        environment, secrets and networks, no published ports, no dependencies started.
+        Returns (rc, stdout, stderr)."""
+        override = os.path.join(self.dir, JOB_FILE)
+        write_json_atomically(override, {"services": {service: {"image": reference}}}, mode=0o600)
+        try:
+            return self.run(self.argv("run", "--rm", "--no-deps", "-T", service, *argv, extra_files=[JOB_FILE]))
+        finally:
+            os.unlink(override)
+
     def logs(self, service, lines=20):
         try:
             return self.compose("logs", "--no-color", "--tail", str(lines), service).strip()
@@ -141,19 +159,24 @@ class ComposeProject:
 
 
 def default_probes(container, port, health_path, status, address="127.0.0.1"):
-    return [
+    """Docker's view of the container, and its health path when it publishes a port. A
+    service without one (a worker) is gated on its Docker healthcheck, or, without a
+    healthcheck, on running without a restart for the gate's stable period."""
+    probes = [
         # a container created for this gate that has already restarted has crashed
         {"type": "docker", "name": "docker health of %s" % container, "container": container,
          "require_healthcheck": False, "max_restarts": 0, "timeout": 5},
-        {"type": "http", "name": "http %s:%d%s" % (address, port, health_path),
-         "url": "http://%s:%d%s" % (address, port, health_path), "status": status, "timeout": 2},
     ]
+    if port:
+        probes.append({"type": "http", "name": "http %s:%d%s" % (address, port, health_path),
+                       "url": "http://%s:%d%s" % (address, port, health_path), "status": status, "timeout": 2})
+    return probes
 
 
 def replace_replica(project, service, port, target, gate, grace=30, pull=True, save=None,
                     clock=time.monotonic, gate_runner=None):
-    """Replaces one replica. ``target`` is the image reference to run, or None to restart
-    on the running image. ``gate``: {consecutive, interval, timeout, health_path, status,
+    """Replaces one replica (``port`` None: a service without published ports, such as a
+    worker). ``target`` is the image reference to run, or None to restart on the running image. ``gate``: {consecutive, interval, timeout, health_path, status,
     extra_probes}. ``save(step)`` persists the step record after every change.
 
     Returns the step dict (outcome ``replaced`` or ``unchanged``). Raises RolloutError with
@@ -225,3 +248,21 @@ def _gate(project, service, port, gate, runner):
         kwargs["runner"] = runner
     return wait_for_probes(probes, consecutive=gate.get("consecutive", 3), interval=gate.get("interval", 1),
                            timeout=gate.get("timeout", 60), stable_seconds=gate.get("stable_seconds", 0), **kwargs)
+
+
+def run_job(project, name, service, target, argv, pull=True, clock=time.monotonic):
+    """Runs one of the release's jobs (a migration) in ``service`` on the image ``target``,
+    pinned by digest first so that what ran is known. Returns {name, service, image,
+    pinned, seconds, output}; raises RolloutError with one line saying why when it fails
+    (its exit code and last output line), the job dict in ``step``."""
+    started = clock()
+    pinned = project.resolve(target, pull)[1]
+    rc, out, err = project.run_once(service, pinned, argv)
+    output = ((out or "") + (err or "")).strip()
+    job = {"name": name, "service": service, "image": target, "pinned": pinned, "rc": rc,
+           "seconds": round(clock() - started, 3), "output": output[-4000:]}
+    if rc != 0:
+        lines = [line.strip() for line in (err or out or "").splitlines() if line.strip()]
+        raise RolloutError("job %s (in %s, image %s) failed with exit code %d: %s"
+                           % (name, service, target, rc, lines[-1][-300:] if lines else "no output"), job)
+    return job

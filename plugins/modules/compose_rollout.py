@@ -31,10 +31,16 @@ description:
     (also after a restore). This keeps each host's work on that host and the lb step visible in the play.
   - Replicas are replaced stop-first, one at a time, so the service loses one replica of capacity
     while one is replaced (maxUnavailable 1), and other replicas keep serving.
+  - A replica without O(replicas[].port) is a service that publishes no port (a worker, a scheduler). It is
+    replaced the same way, stopped with its own grace period so that in-flight jobs finish, and gated on
+    Docker alone.
   - Each replica step is written to the release record C(releases/RECORD_ID.json) as it happens, so
     an interrupted run leaves a record saying where it stopped. O(action=finish) closes the record
     with an outcome and appends one line to C(audit.log).
   - O(action=status) reports what runs now (image, image ID, digest, health) per replica, for plans.
+  - O(action=job) runs one of the release's jobs (a migration) once, C(docker compose run --rm) of O(command) in the
+    Compose service O(replica) on O(image), pinned by digest, without publishing ports or starting dependencies. The
+    playbooks run each job on one app host, before any replica of the new release takes traffic.
 author:
   - keelson.stack developers (@keelson)
 options:
@@ -53,10 +59,10 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [status, deploy, restart, finish]
+    choices: [status, deploy, restart, finish, job]
     default: status
   replicas:
-    description: Every replica of the service, in replacement order.
+    description: Every replica the run replaces on this host, in replacement order.
     type: list
     elements: dict
     required: true
@@ -66,14 +72,28 @@ options:
         type: str
         required: true
       port:
-        description: The replica's published host port (its nginx backend port).
+        description:
+          - The replica's published host port (its nginx backend port), probed at O(health_path) by the gate.
+          - Omitted for a service without published ports (a worker, a scheduler), gated on Docker alone - its
+            healthcheck, or running without a restart for O(gate_stable_seconds).
         type: int
-        required: true
+      stop_grace_period:
+        description: Seconds between the stop signal and SIGKILL for this replica, instead of O(stop_grace_period).
+        type: int
   replica:
-    description: The replica (a O(replicas[].service)) to replace. Required for O(action=deploy) and O(action=restart).
+    description:
+      - The replica (a O(replicas[].service)) to replace. Required for O(action=deploy) and O(action=restart).
+      - With O(action=job), the Compose service the job runs in.
     type: str
+  job:
+    description: With O(action=job), the job's name (for messages and the result).
+    type: str
+  command:
+    description: With O(action=job), the job's command, as a list of arguments.
+    type: list
+    elements: str
   image:
-    description: The image reference to deploy (tag or digest). Required for O(action=deploy).
+    description: The image reference to deploy (tag or digest). Required for O(action=deploy) and O(action=job).
     type: str
   pull:
     description: Pull O(image) if the host does not have it.
@@ -254,6 +274,10 @@ step:
     reason:
       description: Why the new container failed, with its last log lines.
       type: str
+job:
+  description: With O(action=job), the job that ran (C(name), C(service), C(image), C(pinned), C(rc), C(seconds), C(output)).
+  returned: when action is job
+  type: dict
 serving:
   description: With O(action=deploy) or O(action=restart), whether the replica ends healthy (new, unchanged or restored) and may be put back into nginx.
   returned: when action is deploy or restart
@@ -273,7 +297,7 @@ from ansible_collections.keelson.stack.plugins.module_utils.release import (
     append_audit, finish_record, interrupted_records, last_good_release, load_record, load_records, new_record,
     record_path, rollback_target, save_replica_step, utc_iso)
 from ansible_collections.keelson.stack.plugins.module_utils.rollout import (
-    ComposeProject, RolloutError, replace_replica)
+    ComposeProject, RolloutError, replace_replica, run_job)
 
 try:
     import docker
@@ -288,10 +312,13 @@ def main():
             project_dir=dict(type="path", required=True),
             project=dict(type="str"),
             compose_files=dict(type="list", elements="str", default=["compose.yaml"]),
-            action=dict(type="str", choices=["status", "deploy", "restart", "finish"], default="status"),
+            action=dict(type="str", choices=["status", "deploy", "restart", "finish", "job"], default="status"),
             replicas=dict(type="list", elements="dict", required=True, options=dict(
-                service=dict(type="str", required=True), port=dict(type="int", required=True))),
+                service=dict(type="str", required=True), port=dict(type="int"),
+                stop_grace_period=dict(type="int"))),
             replica=dict(type="str"),
+            job=dict(type="str"),
+            command=dict(type="list", elements="str"),
             image=dict(type="str"),
             pull=dict(type="bool", default=True),
             stop_grace_period=dict(type="int", default=30),
@@ -314,6 +341,7 @@ def main():
             ("action", "deploy", ["replica", "image", "record_id"]),
             ("action", "restart", ["replica", "record_id"]),
             ("action", "finish", ["outcome", "record_id"]),
+            ("action", "job", ["replica", "image", "job", "command"]),
         ],
         supports_check_mode=True,
     )
@@ -340,6 +368,7 @@ def main():
     if not HAS_DOCKER:
         module.fail_json(msg=missing_required_lib("docker"))
     ports = dict((r["service"], r["port"]) for r in p["replicas"])
+    graces = dict((r["service"], r["stop_grace_period"]) for r in p["replicas"] if r["stop_grace_period"] is not None)
     compose = ComposeProject(p["project_dir"], project_name, p["compose_files"], module.run_command,
                              docker.from_env())
 
@@ -355,6 +384,15 @@ def main():
                          last_good=last_good_release(records, p["service"] or None, p["record_id"]),
                          interrupted=interrupted_records(records, p["record_id"]),
                          rollback_target=rollback_target(records, running, p["service"] or None))
+
+    if p["action"] == "job":
+        if module.check_mode:
+            module.exit_json(changed=True, job={"name": p["job"], "service": p["replica"], "image": p["image"]})
+        try:
+            job = run_job(compose, p["job"], p["replica"], p["image"], p["command"], pull=p["pull"])
+        except RolloutError as exc:
+            module.fail_json(msg=str(exc), job=exc.step, changed=True)
+        module.exit_json(changed=True, job=job)
 
     if p["replica"] not in ports:
         module.fail_json(msg="replica %s is not one of %s" % (p["replica"], ", ".join(ports)))
@@ -385,7 +423,7 @@ def main():
             "extra_probes": p["extra_probes"]}
     try:
         step = replace_replica(compose, p["replica"], ports[p["replica"]], target, gate,
-                               grace=p["stop_grace_period"], pull=p["pull"], save=save)
+                               grace=graces.get(p["replica"], p["stop_grace_period"]), pull=p["pull"], save=save)
     except RolloutError as exc:
         step = exc.step or {}
         module.fail_json(msg=str(exc), step=step, serving=step.get("outcome") == "restored",

@@ -121,3 +121,13 @@ def test_pebble_serves_acme_directory(labvars):
     with urllib.request.urlopen(labvars["keelson_acme_directory_url"], timeout=10, context=ctx) as resp:
         directory = json.load(resp)
     assert {"newAccount", "newNonce", "newOrder"} <= set(directory)
+
+
+def test_the_first_converge_ran_each_job_once():
+    """site.yml ran the stack's migration once for the environment, not once per app host
+    (the demo's migrate counts its runs in migration_runs)."""
+    res = subprocess.run(["docker", "exec", "keelson-lab-db1", "runuser", "-u", "postgres", "--", "psql", "-X", "-A",
+                          "-t", "-d", "demo", "-c", "SELECT version, count(*) FROM migration_runs GROUP BY version"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["1.0.0|1"], res.stdout

@@ -1,9 +1,12 @@
 """deploy.yml, rolling_restart.yml and rollback.yml on the lab (lb1, app1, app2; the demo
-API, two replicas per host), under HTTPS load through nginx on lb1.
+API, two replicas per host, a worker per host, the scheduler on app1), under HTTPS load
+through nginx on lb1.
 
 The tests run in file order, each starting from the state the previous one left:
-1.0.0 from site.yml -> plan -> deploy 1.1.0 -> restart -> three broken releases (only
-the canary touched, rolled back) -> rollback to 1.0.0 -> a late failure (all hosts end
+1.0.0 from site.yml -> plan -> deploy 1.1.0 (the API's replicas, then the worker and the
+scheduler; the migration once) -> restart -> three broken releases and one whose worker exits
+(only the canary touched, rolled back) -> a failing migration (nothing changed) -> rollback
+to 1.0.0 -> a late failure (all hosts end
 on 1.0.0) -> a second deploy refused by the lock -> a dead run's lock released by name ->
 a controller killed mid-rollout and the rerun. The load never resends (a request sent on a
 keep-alive connection nginx closed is an error, as for Python requests or Node's agent), and
@@ -21,8 +24,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rollout_lab import (  # noqa: E402
-    APP_HOSTS, AUDIT, INVENTORY, LOCK, PROJECT_DIR, ROOT, Playbook, all_on, container_ids, finish_load,
-    no_backend_down, on, record_of, records, registry, requests_while_replaced, run_id, start_load, versions)
+    APP_HOSTS, AUDIT, INVENTORY, LOCK, PORTLESS, PROJECT_DIR, REPLICAS, ROOT, Playbook, all_on, container_ids,
+    demo_sql, finish_load, migration_runs, no_backend_down, on, record_of, records, registry, requests_while_replaced,
+    run_id, start_load, versions)
 
 
 @pytest.fixture
@@ -37,25 +41,39 @@ def test_check_mode_prints_the_plan_and_changes_nothing():
     res = Playbook("deploy.yml", {"app_version": "1.1.0"}, check=True).run()
     assert res.returncode == 0, res.output[-5000:]
     assert "batch 1 (canary): app1" in res.output and "batch 2: app2" in res.output, res.output[-3000:]
-    assert "4 replica(s) in 2 batch(es)" in res.output
+    # app1: api-1, api-2, worker, scheduler; app2: api-1, api-2, worker
+    assert "7 replica(s) in 2 batch(es)" in res.output
+    # (the YAML callback folds long lines)
+    assert re.search(r"app2 worker\s+\S+\s+->\s+\S+/demo-api:1\.1\.0", res.output), res.output[-3000:]
+    assert "app2 scheduler" not in res.output
+    assert re.search(r"job migrate once on app1: migrate in api-1,\s+image\s+%s/demo-api:1\.1\.0"
+                     % re.escape(registry()), res.output), res.output[-3000:]
     assert {h: container_ids(h) for h in APP_HOSTS} == before
     assert versions() == all_on("1.0.0")
 
 
 def test_deploy_under_load(load):
+    migrations = migration_runs("1.1.0")
     res = Playbook("deploy.yml", {"app_version": "1.1.0"}).run()
     stats = finish_load(load)
     assert res.returncode == 0, res.output[-6000:]
     assert versions() == all_on("1.1.0")
+    assert migration_runs("1.1.0") == migrations + 1, "the migration did not run exactly once"
+    # placement: one scheduler for the environment, never a second one meanwhile
+    assert demo_sql("SELECT DISTINCT node FROM scheduler_ticks WHERE ticked_at > now() - interval '15 minutes'") == [
+        ["app1"]]
     rid = run_id(res.output)
     for host in APP_HOSTS:
         record = record_of(host, rid)
         assert record["outcome"] == "succeeded"
-        assert [r["outcome"] for r in record["replicas"]] == ["replaced", "replaced"]
+        # the API's replicas behind nginx first, then the services without ports
+        assert [r["name"] for r in record["replicas"]] == REPLICAS + PORTLESS[host]
+        assert [r["outcome"] for r in record["replicas"]] == ["replaced"] * len(REPLICAS + PORTLESS[host])
         assert all("@sha256:" in r["new_pinned"] for r in record["replicas"])
         assert json.loads(on(host, "tail", "-n1", PROJECT_DIR + "/audit.log"))["record"] == record["id"]
     audit = json.loads(AUDIT.read_text().splitlines()[-1])
     assert audit["run"] == rid and audit["outcome"] == "succeeded" and audit["hosts"] == APP_HOSTS
+    assert audit["jobs"] == ["migrate"]
     no_backend_down()
     assert stats["during"]["requests"] > 0
     assert requests_while_replaced(rid, load.marks["start"]) == []
@@ -91,7 +109,8 @@ def test_rolling_restart_under_load(load):
     assert versions() == all_on("1.1.0")
     after = {h: container_ids(h) for h in APP_HOSTS}
     for host in APP_HOSTS:
-        assert len(set(after[host]) - set(before[host])) == 2, "both API replicas recreated on %s" % host
+        assert len(set(after[host]) - set(before[host])) == len(REPLICAS + PORTLESS[host]), \
+            "every replica and port-less service recreated on %s" % host
     no_backend_down()
     assert requests_while_replaced(run_id(res.output), load.marks["start"]) == []
 
@@ -119,6 +138,42 @@ def test_broken_release_touches_only_the_canary(load, tag, why):
     print("%s: detected after %.1f s (%s)" % (tag, gate["total_seconds"], gate["reason"][:120]))
     assert "rolled back" in res.output or "runs what it ran before" in res.output
     no_backend_down()
+
+
+def test_broken_worker_rolls_the_whole_release_back(load):
+    """1.1.0-badworker: its API is fine, its worker exits. On the canary the API's replicas
+    go on it and pass; the worker fails its gate. The API goes back too, and app2 is never
+    touched."""
+    app2_before = container_ids("app2")
+    res = Playbook("deploy.yml", {"app_version": "1.1.0-badworker"}).run()
+    finish_load(load)
+    assert res.returncode != 0, res.output[-5000:]
+    assert versions() == all_on("1.1.0")
+    assert container_ids("app2") == app2_before, "app2 was touched"
+    record = record_of("app1", run_id(res.output))
+    assert record["outcome"] == "rolled_back", record
+    # the worker failed its gate and was restored; the API's replicas went back in the rollback
+    assert sorted(r["name"] for r in record["replicas"]) == ["api-1", "api-2", "worker"], record["replicas"]
+    assert [r["name"] for r in record["replicas"] if r["outcome"] == "restored"] == ["worker"], record["replicas"]
+    assert re.search(r"worker: new image \S+:1\.1\.0-badworker failed: .*(restarted|exit code 3)",
+                     record["reason"]), record["reason"]
+    no_backend_down()
+
+
+def test_a_failing_migration_changes_no_replica_and_says_why_in_one_line():
+    before = {h: container_ids(h) for h in APP_HOSTS}
+    res = Playbook("deploy.yml", {"app_version": "1.1.0-badmigration"}).run()
+    assert res.returncode != 0, res.output[-5000:]
+    assert re.search(r"job migrate \(in api-1, image \S+:1\.1\.0-badmigration\) failed with exit code 1: "
+                     r"migration 1\.1\.0-badmigration failed: column items\.owner_id cannot be added",
+                     re.sub(r"\s+", " ", res.output)), res.output[-5000:]
+    assert {h: container_ids(h) for h in APP_HOSTS} == before
+    assert versions() == all_on("1.1.0")
+    rid = run_id(res.output)
+    assert all(record_of(h, rid) is None for h in APP_HOSTS)
+    assert subprocess.run(["docker", "exec", "keelson-lab-app1", "test", "-e", LOCK]).returncode == 1, "lock kept"
+    audit = json.loads(AUDIT.read_text().splitlines()[-1])
+    assert audit["run"] == rid and audit["outcome"] == "failed" and "exit code 1" in audit["reason"]
 
 
 def test_rollback_returns_to_the_previous_release(load):

@@ -363,3 +363,70 @@ def test_bad_placement_is_refused_naming_the_service():
         "service 'web': depends_on 'scheduler', which does not run on app2"]
     # the other way round is fine: the singleton runs where the api runs
     cs.validate(with_service(st, "scheduler", depends_on={"api": "service_healthy"}))
+
+
+def test_a_deploy_rolls_the_published_replicas_then_every_port_less_service_placed_here():
+    st = seed_stack("app1")
+    st["services"][3]["stop_grace_period"] = "1m30s"
+    here = cs.backends(st, "10.0.0.21")
+    assert cs.rollout_units(st, here, "api") == [
+        {"service": "api-1", "port": 8001}, {"service": "api-2", "port": 8002},
+        {"service": "postgres"}, {"service": "worker", "stop_grace_period": 90}, {"service": "scheduler"}]
+    # the singleton is not on app2, the sidecar (published) is not the rolled service
+    assert [u["service"] for u in cs.rollout_units(seed_stack("app2"), cs.backends(seed_stack("app2"), "h"), "web")] == [
+        "web-1", "web-2", "postgres", "worker"]
+    with pytest.raises(ValueError, match="service worker publishes no ports on this host"):
+        cs.rollout_units(st, here, "worker")
+
+
+def test_a_deploy_image_goes_to_the_rolled_service_alone():
+    st = seed_stack("app1")
+    here = cs.backends(st, "10.0.0.21")
+    assert cs.rollout_targets(st, here, "api") == {
+        "api-1": "reg:5000/demo-api:1.0.0", "api-2": "reg:5000/demo-api:1.0.0", "postgres": "reg:5000/demo-postgres:17",
+        "worker": "reg/demo-api:1.0.0", "scheduler": "reg/demo-api:1.0.0"}
+    forced = cs.rollout_targets(st, here, "api", "reg:5000/demo-api@" + DIGEST)
+    assert forced == {"api-1": "reg:5000/demo-api@" + DIGEST, "api-2": "reg:5000/demo-api@" + DIGEST}
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("30s", 30), ("1m30s", 90), ("1h", 3600), ("500ms", 1), ("1.5s", 2), (45, 45), (2.5, 3),
+    ("", None), (None, None), ("30", None), ("soon", None), ("30s junk", None)])
+def test_compose_durations_in_whole_seconds(value, seconds):
+    assert cs.duration_seconds(value) == seconds
+
+
+def test_a_port_less_service_keeps_its_rollout_pin_like_a_replica():
+    worker_pin = {"worker": {"image": "reg/demo-api@sha256:" + "1" * 64}}
+    v10, v12 = {"id": "sha256:" + "a" * 64}, {"id": "sha256:" + "c" * 64}
+    ids = {"reg/demo-api@sha256:" + "1" * 64: "sha256:" + "b" * 64}
+    assert cs.rollout_pins_to_keep(worker_pin, {}, {"worker": v10}, {"worker": v10}, ids) == worker_pin
+    assert cs.rollout_pins_to_keep(worker_pin, {}, {"worker": v12}, {"worker": v10}, ids) == {}
+
+
+def test_the_release_jobs_run_once_on_the_first_host_their_service_is_on():
+    hosts = []
+    for name in ("app1", "app2"):
+        st = seed_stack(name)
+        hosts.append({"host": name, "stack": st, "targets": cs.rollout_targets(st, cs.backends(st, name), "api")})
+    assert cs.rollout_jobs(hosts) == [
+        {"name": "migrate", "host": "app1", "service": "api-1", "command": ["migrate"], "image": "reg:5000/demo-api:1.0.0"},
+        {"name": "beat-schema", "host": "app1", "service": "scheduler", "command": ["beat", "--init"],
+         "image": "reg/demo-api:1.0.0"}]
+    # the scheduler placed on app2 only: its job runs there
+    for entry in hosts:
+        entry["stack"] = with_service(entry["stack"], "scheduler", placement=["app2"])
+        entry["targets"] = cs.rollout_targets(entry["stack"], cs.backends(entry["stack"], "h"), "api")
+    assert [(j["name"], j["host"]) for j in cs.rollout_jobs(hosts)] == [("migrate", "app1"), ("beat-schema", "app2")]
+    # a one-off image for the API: the API's job runs on it, the scheduler's does not run
+    for entry in hosts:
+        entry["targets"] = cs.rollout_targets(entry["stack"], cs.backends(entry["stack"], "h"), "api", "reg/x@" + DIGEST)
+    assert [(j["name"], j["image"]) for j in cs.rollout_jobs(hosts)] == [("migrate", "reg/x@" + DIGEST)]
+
+
+def test_site_jobs_run_once_on_the_first_host_whose_release_asks_for_them():
+    due = [{"host": "app1", "jobs": []},  # app1's release did not change
+           {"host": "app2", "jobs": cs.host_jobs(seed_stack("app2"))},
+           {"host": "app3", "jobs": cs.host_jobs(seed_stack("app1"))}]
+    assert cs.host_jobs(seed_stack("app2")) == [{"name": "migrate", "service": "api-1", "command": ["migrate"]}]
+    assert [(j["name"], j["host"]) for j in cs.jobs_once(due)] == [("migrate", "app2"), ("beat-schema", "app3")]

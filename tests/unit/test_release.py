@@ -191,6 +191,24 @@ def test_plan_with_host_answers_and_per_host_targets():
     assert plan_lines(rollback)[0] == "deploy to per-host images: 2 replica(s) in 2 batch(es)"
 
 
+def test_plan_per_host_units_with_port_less_services_and_one_off_images():
+    """Placement makes each host's units differ (the scheduler on app1 only); a worker has
+    no port; a one-off image for the API (targets without the workers) leaves them out."""
+    units = {"app1": [{"name": "api-1", "port": 8001}, {"name": "worker"}, {"name": "scheduler"}],
+             "app2": [{"name": "api-1", "port": 8001}, {"name": "worker"}]}
+    current = {h: {u["name"]: {"image": OLD} for u in units[h]} for h in units}
+    release = {h: {u["name"]: NEW for u in units[h]} for h in units}
+    plan = rollout_plan(["app1", "app2"], units, current, "deploy", NEW, targets=release)
+    assert plan["replicas_to_change"] == 5
+    assert plan_lines(plan)[1:] == [
+        "batch 1 (canary): app1", "  app1 api-1:8001 %s -> %s" % (OLD, NEW), "  app1 worker %s -> %s" % (OLD, NEW),
+        "  app1 scheduler %s -> %s" % (OLD, NEW), "batch 2: app2", "  app2 api-1:8001 %s -> %s" % (OLD, NEW),
+        "  app2 worker %s -> %s" % (OLD, NEW)]
+    one_off = rollout_plan(["app1", "app2"], units, current, "deploy", NEW,
+                           targets={h: {"api-1": NEW} for h in units})
+    assert [[s["name"] for s in one_off["hosts"][h]["replicas"]] for h in units] == [["api-1"], ["api-1"]]
+
+
 def test_plan_through_ansible(tmp_path):
     """The filter as a playbook calls it, with compose_rollout status output as input."""
     root = Path(__file__).resolve().parents[2]

@@ -31,3 +31,10 @@ def test_default_probes():
     probes = default_probes("demo-api-1-1", 8001, "/health", [200])
     assert [p["type"] for p in probes] == ["docker", "http"]
     assert probes[1]["url"] == "http://127.0.0.1:8001/health"
+
+
+def test_a_service_without_ports_is_gated_on_docker_alone():
+    probes = default_probes("demo-worker-1", None, "/health", [200])
+    assert [p["type"] for p in probes] == ["docker"]
+    # no healthcheck: running without a restart, over the gate's stable period
+    assert probes[0]["require_healthcheck"] is False and probes[0]["max_restarts"] == 0

@@ -27,8 +27,10 @@ def test_the_example_passes_every_check_and_its_tags_follow_app_version():
     assert rc == 0, out[-6000:]
     for host in ("lb1", "app1", "app2", "db1"):
         assert f"{host}.staging.example.com" in out
-    # the inventory's rollout settings, not a play's: the replicas deploy.yml's plan would roll
-    assert "rollout api-gateway: api-gateway-1, api-gateway-2" in out, out[-6000:]
+    # the inventory's rollout settings, not a play's: what deploy.yml would roll per host, the
+    # port-less services included (the scheduler is placed on the first app host only)
+    assert "'rollout api-gateway: api-gateway-1, api-gateway-2, worker, scheduler'" in out, out[-6000:]
+    assert "'rollout api-gateway: api-gateway-1, api-gateway-2, worker'" in out, out[-6000:]
 
 
 def test_the_check_catches_what_a_new_user_hit(tmp_path):
@@ -55,7 +57,7 @@ def test_rollout_settings_come_from_the_inventory_and_are_checked(tmp_path):
     rollout = copy / "group_vars" / "app" / "rollout.yml"
     rollout.unlink()
     rc, out = validate(copy)
-    assert rc == 0 and "rollout frontend: frontend-1, frontend-2" in out, out[-6000:]
+    assert rc == 0 and "rollout frontend: frontend-1, frontend-2, worker" in out, out[-6000:]
     rollout.write_text("rollout_service: worker\nrollout_serial: [0]\n")
     rc, out = validate(copy)
     assert rc != 0, out[-6000:]

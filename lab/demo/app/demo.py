@@ -23,6 +23,9 @@ DEMO_FAIL_MODE makes a deliberately broken release for rollout tests:
     exit       the process exits DEMO_EXIT_AFTER seconds (default 5) after start
     probe      /health answers 500 but the Docker healthcheck (which then probes
                /livez) passes: healthy for Docker, failing through nginx
+    worker     the API serves normally; the worker exits 1 s after it starts
+               (a release whose only broken part is its worker)
+    migrate    the migration fails (exit 1) before it changes anything
 Any version's /health answers 500 once the file /tmp/demo-fail exists in its
 container (`docker exec ... touch /tmp/demo-fail`): a release that goes bad late.
 """
@@ -65,6 +68,12 @@ CREATE TABLE IF NOT EXISTS scheduler_ticks (
     node TEXT NOT NULL,
     version TEXT NOT NULL,
     ticked_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS migration_runs (
+    id BIGSERIAL PRIMARY KEY,
+    version TEXT NOT NULL,
+    host TEXT NOT NULL,
+    ran_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 """
 
@@ -374,6 +383,9 @@ def worker():
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log(f"worker {VERSION} consuming {QUEUE}")
+    if FAIL_MODE == "worker":
+        threading.Timer(1, lambda: os._exit(3)).start()
+        log("fail mode 'worker': exiting in 1s")
     while not stop.is_set():
         try:
             conn = amqp_connect()
@@ -418,12 +430,20 @@ def scheduler():
 
 
 def migrate():
+    """Applies the schema and counts the run in migration_runs (the tests check that a
+    deploy runs it exactly once)."""
+    if FAIL_MODE == "migrate":
+        print(f"migration {VERSION} failed: column items.owner_id cannot be added: relation \"owners\" does not exist",
+              file=sys.stderr, flush=True)
+        return 1
     deadline = time.monotonic() + float(os.environ.get("DEMO_MIGRATE_WAIT", "60"))
     while True:
         try:
             BACKENDS.query(SCHEMA, fetch=False)
+            BACKENDS.query("INSERT INTO migration_runs (version, host) VALUES (%s, %s)", (VERSION, HOSTNAME),
+                           fetch=False)
             log("migrations applied")
-            return
+            return 0
         except Exception as exc:
             if time.monotonic() > deadline:
                 raise
@@ -459,7 +479,7 @@ def main(argv):
     elif cmd == "scheduler":
         scheduler()
     elif cmd == "migrate":
-        migrate()
+        return migrate()
     elif cmd == "healthcheck":
         return healthcheck(argv[2] if len(argv) > 2 else "api")
     else:
