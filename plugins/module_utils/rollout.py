@@ -176,8 +176,9 @@ def default_probes(container, port, health_path, status, address="127.0.0.1"):
 def replace_replica(project, service, port, target, gate, grace=30, pull=True, save=None,
                     clock=time.monotonic, gate_runner=None):
     """Replaces one replica (``port`` None: a service without published ports, such as a
-    worker). ``target`` is the image reference to run, or None to restart on the running image. ``gate``: {consecutive, interval, timeout, health_path, status,
-    extra_probes}. ``save(step)`` persists the step record after every change.
+    worker). ``target`` is the image reference to run, or None to restart on the running
+    image. ``gate``: {consecutive, interval, timeout, health_path, status, extra_probes}.
+    ``save(step)`` persists the step record after every change.
 
     Returns the step dict (outcome ``replaced`` or ``unchanged``). Raises RolloutError with
     the step (outcome ``restored`` or ``restore_failed``) when the new one fails its gate.

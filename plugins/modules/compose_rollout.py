@@ -170,7 +170,8 @@ attributes:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: O(action=status) runs normally. O(action=deploy) and O(action=restart) report whether the replica would be
-      replaced (C(changed)) without stopping, pulling or writing anything; O(action=finish) reports a change and writes nothing.
+      replaced (C(changed)) without stopping, pulling or writing anything; O(action=finish) reports a change and writes nothing;
+      O(action=job) reports a change and runs nothing.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
