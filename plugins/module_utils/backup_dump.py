@@ -45,10 +45,10 @@ def backup_id_for(when):
     return when.strftime("%Y%m%dT%H%M%SZ")
 
 
-def connection_from(params):
+def connection_from(params, deadline=None):
     return Connection(host=params.get("pg_host"), port=params.get("pg_port") or 5432,
                       user=params.get("pg_user") or "postgres", password=params.get("pg_password"),
-                      os_user=params.get("pg_os_user"))
+                      os_user=params.get("pg_os_user"), deadline=deadline)
 
 
 def policy_from(params):
@@ -125,7 +125,7 @@ def run_backup(params, check_mode=False, deadline=None):
     deadline = deadline or Deadline()
     s3 = s3_from(params, deadline)
 
-    with DatabaseLock(params["lock_dir"], database, "backup"), connection_from(params) as conn:
+    with DatabaseLock(params["lock_dir"], database, "backup"), connection_from(params, deadline) as conn:
         backup_s3.check_bucket(s3, bucket)
         session = PsqlSession(conn, database, deadline)
         uploaded = []

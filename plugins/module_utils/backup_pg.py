@@ -15,9 +15,12 @@ import pwd
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import RunStopped
 
 END_MARKER = "__KEELSON_END_OF_RESULT__"
 
@@ -54,7 +57,8 @@ class Connection(object):
     (peer authentication on the local socket); with one, it is written to a
     PGPASSFILE readable only by the user running the tools."""
 
-    def __init__(self, host=None, port=5432, user="postgres", password=None, os_user="postgres"):
+    def __init__(self, host=None, port=5432, user="postgres", password=None, os_user="postgres", deadline=None):
+        self.deadline = deadline
         self.host = host
         self.port = port
         self.user = user
@@ -104,16 +108,41 @@ class Connection(object):
         return kwargs
 
     def run(self, argv, input_text=None, check=True):
-        """Runs a client tool, returns stdout; raises PgError with stderr on failure."""
-        res = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False, **self.popen_kwargs())
-        if check and res.returncode != 0:
-            raise PgError("%s failed: %s" % (os.path.basename(argv[0]), one_line(res.stderr) or "exit %d" % res.returncode))
-        return res.stdout
+        """Runs a client tool, returns stdout; raises PgError with stderr on failure.
+        With a deadline, a stop (deadline passed, SIGTERM) kills the tool and its
+        children (pg_restore -j forks workers) and raises RunStopped."""
+        name = os.path.basename(argv[0])
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                **self.popen_kwargs())
+        pending = input_text
+        while True:
+            try:
+                out, err = proc.communicate(pending, timeout=None if self.deadline is None else 0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pending = None  # communicate() keeps sending what it was given first
+                reason = self.deadline.stopped()
+                if reason:
+                    _kill_group(proc)
+                    raise RunStopped("%s during %s" % (reason, name))
+        if check and proc.returncode != 0:
+            raise PgError("%s failed: %s" % (name, one_line(err) or "exit %d" % proc.returncode))
+        return out
 
     def psql(self, database, sql):
         """Runs SQL (ON_ERROR_STOP) and returns the output lines (unaligned, tuples only)."""
         out = self.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database], input_text=sql)
         return [line for line in out.splitlines() if line]
+
+
+def _kill_group(proc):
+    """Kills a tool started in a session of its own, with its children, and reaps it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
 
 
 class PsqlSession(object):

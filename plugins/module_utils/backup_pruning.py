@@ -98,5 +98,5 @@ def abandoned_uploads(s3, bucket, prefix, database, params, check_mode=False, no
         abandoned, kept = select_abandoned(found, now, hours * 3600, live=True)
     msg = "; %s %d abandoned multipart upload(s)%s" % (
         "would abort" if check_mode else "aborted", len(abandoned),
-        ", %d open upload(s) kept (younger than %d h or owned by a live run)" % (len(kept), hours) if kept else "")
+        ", %d open upload(s) kept (younger than %g h or owned by a live run)" % (len(kept), hours) if kept else "")
     return {"aborted": abandoned, "kept": kept, "msg": msg}

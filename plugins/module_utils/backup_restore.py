@@ -24,7 +24,8 @@ from ansible_collections.keelson.stack.plugins.module_utils.backup_local import 
 from ansible_collections.keelson.stack.plugins.module_utils.backup_pg import (
     ROW_COUNT_SQL, PgError, database_exists, one_line, parse_row_counts, quote_ident, toc_sha256)
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retention import parse_time
-from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import RunStopped, S3Unavailable, call
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import (
+    Deadline, RunStopped, S3Unavailable, call, default_deadline)
 
 CHUNK = 1024 * 1024
 
@@ -96,6 +97,7 @@ def download_verified(s3, bucket, obj, dest, identity_file=None):
         body = s3.client.get_object(**kwargs)["Body"]
         try:
             for chunk in iter(lambda: body.read(CHUNK), b""):
+                s3.deadline.check("the download of %s" % key)
                 digest.update(chunk)
                 state["size"] += len(chunk)
                 if state["sink"] is not None:
@@ -152,10 +154,21 @@ def compare_counts(expected, actual):
     return problems
 
 
+def restore_deadline(manifest):
+    """The overall deadline of a restore when none is set: an hour, plus twenty
+    minutes per GiB of the uncompressed dump (pg_restore also builds the indexes)."""
+    dump = manifest["objects"]["dump"]
+    return default_deadline(dump.get("plain_bytes") or dump["bytes"], seconds_per_gib=1200)
+
+
 def run_restore(params, check_mode=False, deadline=None):
+    """One verified restore. `deadline`: the run's backup_retry.Deadline, started
+    here once the manifest tells the dump's size; it bounds the download (between
+    reads; a stalled read ends at the S3 read timeout), pg_restore and the counts."""
     database = params["database"]
     bucket = params["s3_bucket"]
     prefix = params["s3_prefix"]
+    deadline = deadline or Deadline()
     s3 = s3_from(params, deadline)
     committed, _incomplete = backup_s3.list_backups(s3, bucket, prefix, database)
     backup_id = resolve_backup_id(committed, params.get("backup"))
@@ -166,14 +179,16 @@ def run_restore(params, check_mode=False, deadline=None):
         raise RestoreError("backup %s is encrypted with age; age_identity is required" % backup_id)
     target = params.get("target") or scratch_name(database, backup_id)
     clock = time.monotonic()
+    seconds = params.get("deadline_seconds") or restore_deadline(manifest)
+    deadline.start(seconds)
 
-    with connection_from(params) as conn:
+    with connection_from(params, deadline) as conn:
         exists = database_exists(conn, target)
         if exists and params.get("confirm_overwrite") != target:
             raise RestoreError("target database %s exists; an in-place restore (pg_restore --clean --if-exists) "
                                "needs confirm_overwrite=%s" % (target, target))
         result = {"changed": True, "backup_id": backup_id, "target": target, "in_place": exists,
-                  "manifest_key": manifest["_key"], "encrypted": encrypted}
+                  "manifest_key": manifest["_key"], "encrypted": encrypted, "deadline_seconds": seconds}
         if check_mode:
             result["msg"] = "would restore %s backup %s into %s%s" % (
                 database, backup_id, target, " (in place)" if exists else " (new database)")
@@ -241,13 +256,15 @@ def _restore_in(work, s3, bucket, manifest, conn, target, exists, encrypted, par
     try:
         conn.run(argv + [dump_file])
         counts = parse_row_counts(conn.psql(target, ROW_COUNT_SQL))
-        problems = compare_counts(manifest["row_counts"], counts)
-        if problems:
-            raise RestoreError("row counts in %s differ from backup %s: %s" % (target, manifest["id"], "; ".join(problems[:10])))
-    except (PgError, RestoreError):
+    except (PgError, RunStopped) as exc:
+        raise RestoreError("%s; %s" % (exc, _after_failure(conn, target, created)))
+    problems = compare_counts(manifest["row_counts"], counts)
+    if problems:
+        kept = "dropped" if created and params.get("drop_after") else "kept for inspection"
         if created and params.get("drop_after"):
             _drop(conn, target)
-        raise
+        raise RestoreError("row counts in %s differ from backup %s: %s; %s %s" % (
+            target, manifest["id"], "; ".join(problems[:10]), target, kept))
     extra = sorted(set(counts) - set(manifest["row_counts"]))
     if extra:
         warnings.append("tables not in the backup: %s" % ", ".join(extra[:10]))
@@ -257,6 +274,16 @@ def _restore_in(work, s3, bucket, manifest, conn, target, exists, encrypted, par
         dropped = True
     return {"tables": len(manifest["row_counts"]), "rows": sum(manifest["row_counts"].values()),
             "row_counts": counts, "dropped": dropped, "warnings": warnings, "jobs": params.get("jobs") or 2}
+
+
+def _after_failure(conn, target, created):
+    """What a pg_restore that failed or was stopped leaves, in words: a database it
+    created is dropped (half a restore is no use, and it would block a rerun)."""
+    if created:
+        conn.deadline = None  # the drop must run even when the deadline is what ended the restore
+        _drop(conn, target)
+        return "the new database %s was dropped" % target
+    return "%s was restored in place only partly; restore it again" % target
 
 
 def _drop(conn, target):

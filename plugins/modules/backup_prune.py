@@ -62,8 +62,8 @@ options:
     type: int
     default: 0
   abort_uploads_after_hours:
-    description: Age after which an open multipart upload is abandoned and aborted; C(0) never aborts one.
-    type: int
+    description: Age after which an open multipart upload is abandoned and aborted (fractions allowed); C(0) never aborts one.
+    type: float
     default: 24
   lock_dir:
     description: Directory of the backup lock files (the same as M(keelson.stack.pg_backup)'s).
@@ -142,7 +142,7 @@ def main():
             keep_weekly=dict(type="int", default=12),
             keep_monthly=dict(type="int", default=12),
             keep_last=dict(type="int", default=0),
-            abort_uploads_after_hours=dict(type="int", default=24),
+            abort_uploads_after_hours=dict(type="float", default=24),
             lock_dir=dict(type="path", default="/run/lock/keelson-backup"),
         ),
         supports_check_mode=True,

@@ -66,9 +66,20 @@ options:
     type: bool
     default: false
   drop_after:
-    description: Drop the database after a successful check, and after a failed one, when this run created it (test restores).
+    description:
+      - Drop the database after a successful check, and after a failed one, when this run created it (test restores).
+      - A database this run created is dropped whenever C(pg_restore) fails or is stopped, whatever this option.
     type: bool
     default: false
+  deadline_seconds:
+    description:
+      - Longest time the restore may take, counted from the manifest's reading. When it passes (or on SIGTERM),
+        the step it is in (download, C(pg_restore), the row counts) is stopped, a database this run created is
+        dropped, the work directory removed, and the run fails naming the step.
+      - The deadline is checked between reads of the download; a read that stalls ends at O(s3_read_timeout).
+      - C(0) scales it with the dump, one hour plus twenty minutes per GiB of uncompressed dump.
+    type: int
+    default: 0
   age_identity:
     description: Contents of the age identity file for encrypted backups; written to a private 0600 file and removed.
     type: str
@@ -154,6 +165,10 @@ dropped:
   description: Whether the restored database was dropped afterwards.
   returned: success
   type: bool
+deadline_seconds:
+  description: The deadline the restore had (O(deadline_seconds), or the one scaled with the dump).
+  returned: success
+  type: int
 duration_seconds:
   description: Wall time of the restore.
   returned: success
@@ -193,6 +208,7 @@ def main():
             work_dir=dict(type="path", default="/var/tmp"),
             lock_dir=dict(type="path", default="/run/lock/keelson-backup"),
             metrics_dir=dict(type="path"),
+            deadline_seconds=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )

@@ -115,7 +115,8 @@ class Lab:
     def playbook(self, name, extra_vars, verbose=False, background=False, limit=None):
         """ansible-playbook on the db host (or on ``limit``) with extra vars passed in a 0600 file (never argv).
         name: a playbook in playbooks/, or an absolute path.
-        Returns CompletedProcess, or (Popen, vars_file) when background."""
+        Returns CompletedProcess, or (Popen, vars_file) when background; a background run leads a process
+        group of its own (with its ssh clients), as under cron's timeout(1)."""
         fd, path = tempfile.mkstemp(prefix="keelson-it-", suffix=".json")
         with os.fdopen(fd, "w") as handle:
             json.dump(extra_vars, handle)
@@ -125,7 +126,7 @@ class Lab:
                    ANSIBLE_FORCE_COLOR="0")
         if background:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True)
+                                    text=True, start_new_session=True)
             return proc, path
         try:
             res = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)

@@ -1,13 +1,16 @@
 """Backup and restore against the lab: PostgreSQL on db1, Ceph RGW, the real
 playbooks. Fault tests: pg_dump killed halfway, a flipped byte, two backups at
-once, wrong S3 credentials, the database down."""
+once, wrong S3 credentials, the database down, S3 stalls, SIGTERM on either
+side, a PostgreSQL restart, lock waits, deadlines, abandoned uploads."""
 import glob
 import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -389,12 +392,10 @@ def failure(proc, output, pattern):
 
 
 def timed(label, started):
-    import time
     print("%s: %.1f s" % (label, time.monotonic() - started))
 
 
 def test_s3_stalled_for_20s_mid_upload_is_ridden_out_or_fails_cleanly(lab, s3, run_prefix, big_db):
-    import time
     prefix = run_prefix + "/stall20"
     started = time.monotonic()
     proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none",
@@ -414,7 +415,6 @@ def test_s3_stalled_for_20s_mid_upload_is_ridden_out_or_fails_cleanly(lab, s3, r
 
 
 def test_s3_stalled_past_the_read_timeout_fails_naming_the_part(lab, s3, run_prefix, big_db):
-    import time
     prefix = run_prefix + "/stall-long"
     assert lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none")).returncode == 0
     before = committed(lab, s3, prefix, big_db)
@@ -429,6 +429,9 @@ def test_s3_stalled_past_the_read_timeout_fails_naming_the_part(lab, s3, run_pre
     failure(proc, output, r"failed: S3 (did not answer for 5 s|stopped reading the request \(sending timed out\)) "
                           r"during part \d+ \(2 attempts in \d+ s\); "
                           r"upload of \S+/dump.pgc \(multipart upload \S+ aborted\)")
+    # within the part's retry budget, as the module measured it: 2 x (5 s connect + 5 s read) + a 1 s pause
+    spent = int(re.search(r"\(2 attempts in (\d+) s\)", summaries(output)[0][3]).group(1))
+    assert spent <= 2 * (5 + 5) + 1, summaries(output)[0][3]
     assert_nothing_left(lab, s3, prefix, big_db)
     assert committed(lab, s3, prefix, big_db) == before  # the previous backup is still the newest
     metrics = lab.sh("cat /var/lib/prometheus/node-exporter/keelson_backup_%s.prom" % big_db).stdout
@@ -438,10 +441,7 @@ def test_s3_stalled_past_the_read_timeout_fails_naming_the_part(lab, s3, run_pre
 
 
 def test_sigterm_mid_upload_ends_the_run_cleanly(lab, s3, run_prefix, big_db):
-    # SIGTERM to the module on the db host, as cron's `timeout` or systemd sends it to a local run.
-    # (Killing ansible-playbook on the controller does not reach it through `docker exec`, the lab's
-    # connection; through ssh the closed session does, see backup_local.stop_on_signals.)
-    import time
+    # SIGTERM to the module on the db host, as systemd sends it to a local run.
     prefix = run_prefix + "/sigterm"
     proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none",
                                                        backup_upload_workers=1, **FAST), background=True)
@@ -461,6 +461,37 @@ def test_sigterm_mid_upload_ends_the_run_cleanly(lab, s3, run_prefix, big_db):
     timed("SIGTERM to the module until the playbook ended", started)
     failure(proc, output, r"failed: the run was stopped by SIGTERM during part \d+")
     assert_nothing_left(lab, s3, prefix, big_db)
+    rerun = lab.playbook("backup.yml", bvars(prefix, [big_db]))
+    assert rerun.returncode == 0, rerun.output
+
+
+def pg_dumps(lab):
+    """pg_dump processes on the db host, zombies included (pgrep matches them by name too)."""
+    return lab.sh("pgrep -x pg_dump; true").stdout.split()
+
+
+def test_sigterm_to_the_playbook_mid_upload_stops_the_backup_on_the_db_host(lab, s3, run_prefix, big_db):
+    # As cron's timeout(1) ends a run: SIGTERM to ansible-playbook's process group on the controller,
+    # ssh clients included. The module on db1 sees its session close (backup_local.stop_on_signals).
+    prefix = run_prefix + "/controller-term"
+    proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none",
+                                                       backup_upload_workers=1), background=True)
+    try:
+        wait_for(lambda: proc.poll() is not None or uploaded_parts(lab, s3, prefix), "a stored part")
+        assert proc.poll() is None, "the backup ended before it could be stopped"
+        # S3 stalled for longer than it takes the module to notice: with the default 60 s read timeout,
+        # only the stop can end pg_dump while S3 is silent; S3 resumes so that the abort can succeed
+        with lab.stall_s3():
+            assert pg_dumps(lab), "pg_dump ended before the run could be stopped"
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+            wait_for(lambda: not pg_dumps(lab), "pg_dump to be stopped and reaped while S3 is silent", attempts=40)
+    finally:
+        output = finish(proc, vars_file)
+    assert proc.returncode != 0, output
+    assert_nothing_left(lab, s3, prefix, big_db)
+    metrics = lab.sh("cat /var/lib/prometheus/node-exporter/keelson_backup_%s.prom" % big_db).stdout
+    assert 'keelson_backup_last_run_success{database="%s"} 0.0' % big_db in metrics
     rerun = lab.playbook("backup.yml", bvars(prefix, [big_db]))
     assert rerun.returncode == 0, rerun.output
 
@@ -515,7 +546,6 @@ def started_writing(pattern):
 
 
 def test_stalled_restore_download_fails_before_any_database_is_touched(lab, s3, run_prefix, big_db):
-    import time
     prefix = run_prefix + "/restore-stall"
     assert lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none")).returncode == 0
     before = lab.databases()
@@ -536,3 +566,46 @@ def test_stalled_restore_download_fails_before_any_database_is_touched(lab, s3, 
                           r"no database was touched")
     assert lab.databases() == before
     assert lab.sh("ls -d /var/tmp/keelson-restore-* 2>/dev/null; true").stdout.strip() == ""
+
+
+def test_restore_past_its_deadline_fails_and_drops_the_database_it_created(lab, s3, run_prefix, big_db):
+    prefix = run_prefix + "/restore-deadline"
+    assert lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none")).returncode == 0
+    before = lab.databases()
+    res = lab.playbook("restore.yml", bvars(prefix, [big_db], backup_restore_database=big_db,
+                                            backup_restore_deadline_seconds=2))
+    failure(res, res.output, r"the deadline of 2 s passed during (the download of \S+.*; no database was touched"
+                             r"|pg_restore; the new database %s_restore_\w+ was dropped)" % big_db)
+    assert lab.databases() == before
+    assert lab.sh("pgrep -x pg_restore; true").stdout.strip() == ""
+    assert lab.sh("ls -d /var/tmp/keelson-restore-* 2>/dev/null; true").stdout.strip() == ""
+    assert lab.lock_is_free("restore-" + big_db)
+
+
+def test_prune_aborts_the_uploads_killed_runs_left_and_nothing_else(lab, s3, run_prefix, known_db):
+    prefix = run_prefix + "/abandoned"
+    bucket = lab.vars["keelson_s3_bucket"]
+    mine = "%s/%s/20260101T000000Z/dump.pgc" % (prefix, known_db)
+    neighbour = "%s/%s-other/20260101T000000Z/dump.pgc" % (prefix, known_db)  # another database's prefix
+    left = s3.create_multipart_upload(Bucket=bucket, Key=mine)["UploadId"]
+    other = s3.create_multipart_upload(Bucket=bucket, Key=neighbour)["UploadId"]
+    try:
+        young = lab.playbook("backup.yml", bvars(prefix, [known_db], backup_abort_uploads_after_hours=1))
+        assert young.returncode == 0, young.output
+        assert "prune: %s: keep" % known_db in summaries(young.output)[0][3], young.output
+        assert "aborted 0 abandoned multipart upload(s), 1 open upload(s) kept (younger than 1 h" \
+            in summaries(young.output)[0][3], young.output
+        assert open_uploads(lab, s3, "%s/%s" % (prefix, known_db)) == [left]
+
+        time.sleep(4)  # older than 0.001 h
+        old = lab.playbook("backup.yml", bvars(prefix, [known_db], backup_abort_uploads_after_hours=0.001))
+        assert old.returncode == 0, old.output
+        assert "aborted 1 abandoned multipart upload(s)" in summaries(old.output)[0][3], old.output
+        assert open_uploads(lab, s3, "%s/%s" % (prefix, known_db)) == []
+        assert open_uploads(lab, s3, "%s/%s-other" % (prefix, known_db)) == [other]
+    finally:
+        for key, upload in ((mine, left), (neighbour, other)):
+            try:
+                s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            except Exception:  # already aborted by the prune
+                pass

@@ -1,11 +1,16 @@
-"""Pure parts of restore and the S3 key layout."""
+"""Pure parts of restore, the S3 key layout, and client tools run under a deadline."""
+import os
+import threading
+import time
+
 import pytest
 
 from ansible_collections.keelson.stack.plugins.module_utils import backup_s3
 from ansible_collections.keelson.stack.plugins.module_utils.backup_pg import (
-    PgError, parse_row_counts, toc_entries, toc_sha256)
+    Connection, PgError, parse_row_counts, toc_entries, toc_sha256)
 from ansible_collections.keelson.stack.plugins.module_utils.backup_restore import (
-    RestoreError, check_manifest, compare_counts, resolve_backup_id, scratch_name)
+    RestoreError, check_manifest, compare_counts, resolve_backup_id, restore_deadline, scratch_name)
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import Deadline, RunStopped
 
 IDS = ["20261101T021500Z", "20261102T021500Z", "20261103T021500Z"]
 
@@ -81,3 +86,46 @@ def test_toc_hash_ignores_header_comments():
 
 def test_row_counts_parse_quoted_identifiers():
     assert parse_row_counts(['["public.t", 3]', '["\\"Odd\\".\\"na.me\\"", 0]']) == {"public.t": 3, '"Odd"."na.me"': 0}
+
+
+
+def test_restore_deadline_scales_with_the_uncompressed_dump():
+    gib = 1024 ** 3
+    assert restore_deadline(manifest(dump={"key": "k", "bytes": gib // 10, "plain_bytes": 3 * gib})) == 3600 + 3 * 1200
+    assert restore_deadline(manifest(dump={"key": "k", "bytes": 0})) == 3600
+
+
+def gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_tool_past_its_deadline_is_stopped_with_its_children_and_named(tmp_path):
+    # a shell that forks a child and waits for it, as pg_restore -j waits for its workers
+    pidfile = tmp_path / "child"
+    conn = Connection(os_user=None, deadline=Deadline(0.5))
+    with pytest.raises(RunStopped, match=r"^the deadline of 0\.5 s passed during sh$"):
+        conn.run(["sh", "-c", "sleep 300 & echo $! > %s; wait" % pidfile])
+    child = int(pidfile.read_text())
+    for _ in range(100):  # SIGKILL is delivered at once, but the reaper of an orphan may take a moment
+        if gone(child):
+            break
+        time.sleep(0.05)
+    assert gone(child)
+
+
+def test_a_tool_stopped_by_sigterm_names_the_stop():
+    deadline = Deadline()
+    threading.Timer(0.3, deadline.stop, ["the run was stopped by SIGTERM"]).start()
+    with pytest.raises(RunStopped, match="^the run was stopped by SIGTERM during sleep$"):
+        Connection(os_user=None, deadline=deadline).run(["sleep", "300"])
+
+
+def test_a_tool_gets_its_input_and_its_failure_is_one_line():
+    conn = Connection(os_user=None, deadline=Deadline(60))
+    assert conn.run(["cat"], input_text="a\nb\n") == "a\nb\n"
+    with pytest.raises(PgError, match="^sh failed: no such table$"):
+        conn.run(["sh", "-c", "echo 'no such table' >&2; exit 3"])

@@ -3,7 +3,8 @@ import shlex
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[3] / "README.md"
-BACKUP_LINE = ("15 */6 * * * root cd /opt/keelson/ansible && /opt/keelson/venv/bin/ansible-playbook -i inventories/staging "
+BACKUP_LINE = ("15 */6 * * * root cd /opt/keelson/ansible && timeout --kill-after=120 14400 "
+               "/opt/keelson/venv/bin/ansible-playbook -i inventories/staging "
                "playbooks/backup.yml >> /var/log/keelson/backup.log 2>&1")
 
 
@@ -22,7 +23,8 @@ def test_cron_entries(host):
     jobs = [line for line in lines if "ansible-playbook" in line]
     assert jobs == [
         BACKUP_LINE,
-        "45 5 * * * root cd /opt/keelson/ansible && /opt/keelson/venv/bin/ansible-playbook -i inventories/staging "
+        "45 5 * * * root cd /opt/keelson/ansible && timeout --kill-after=120 14400 "
+        "/opt/keelson/venv/bin/ansible-playbook -i inventories/staging "
         "playbooks/verify_backups.yml >> /var/log/keelson/verify.log 2>&1",
     ]
 
