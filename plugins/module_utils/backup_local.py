@@ -14,6 +14,7 @@ import re
 import select
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 
@@ -136,6 +137,24 @@ def write_metrics(metrics_dir, file_stem, labels, metrics):
             os.unlink(tmp)
         raise
     return path
+
+
+def kill_and_reap(proc, group=False):
+    """Kills a child (with `group`, the whole process group of a child started
+    with start_new_session, so that its own children go too) and reaps it: a
+    killed child nobody waits for stays a zombie."""
+    if proc.poll() is None:
+        try:
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        except OSError:  # exited in between
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # uninterruptible sleep; the kernel reaps it for init once we exit
+        pass
 
 
 def stop_on_signals(deadline, signals=(signal.SIGTERM, signal.SIGHUP, signal.SIGINT), watch_parent=True):

@@ -15,11 +15,11 @@ import pwd
 import queue
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 
+from ansible_collections.keelson.stack.plugins.module_utils.backup_local import kill_and_reap
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import RunStopped
 
 END_MARKER = "__KEELSON_END_OF_RESULT__"
@@ -124,7 +124,7 @@ class Connection(object):
                 pending = None  # communicate() keeps sending what it was given first
                 reason = self.deadline.stopped()
                 if reason:
-                    _kill_group(proc)
+                    kill_and_reap(proc, group=True)
                     raise RunStopped("%s during %s" % (reason, name))
         if check and proc.returncode != 0:
             raise PgError("%s failed: %s" % (name, one_line(err) or "exit %d" % proc.returncode))
@@ -134,15 +134,6 @@ class Connection(object):
         """Runs SQL (ON_ERROR_STOP) and returns the output lines (unaligned, tuples only)."""
         out = self.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database], input_text=sql)
         return [line for line in out.splitlines() if line]
-
-
-def _kill_group(proc):
-    """Kills a tool started in a session of its own, with its children, and reaps it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.communicate()
 
 
 class PsqlSession(object):

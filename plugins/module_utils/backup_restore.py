@@ -260,9 +260,10 @@ def _restore_in(work, s3, bucket, manifest, conn, target, exists, encrypted, par
         raise RestoreError("%s; %s" % (exc, _after_failure(conn, target, created)))
     problems = compare_counts(manifest["row_counts"], counts)
     if problems:
-        kept = "dropped" if created and params.get("drop_after") else "kept for inspection"
+        kept = "kept for inspection"
         if created and params.get("drop_after"):
             _drop(conn, target)
+            kept = "dropped"
         raise RestoreError("row counts in %s differ from backup %s: %s; %s %s" % (
             target, manifest["id"], "; ".join(problems[:10]), target, kept))
     extra = sorted(set(counts) - set(manifest["row_counts"]))

@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 
+from ansible_collections.keelson.stack.plugins.module_utils.backup_local import kill_and_reap
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import BoundedS3, Deadline, Policy
 
 MIB = 1024 * 1024
@@ -69,20 +70,7 @@ class Producer(object):
         return "%s exited %d%s" % (self.name, rc, (": " + detail) if detail else "")
 
     def kill(self):
-        """Kills and reaps the process: a killed child nobody waits for stays a zombie."""
-        _kill_and_reap(self.proc)
-
-
-def _kill_and_reap(proc):
-    if proc.poll() is None:
-        try:
-            proc.kill()
-        except OSError:  # exited in between
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # uninterruptible sleep; the kernel reaps it for init once we exit
-        pass
+        kill_and_reap(self.proc)
 
 
 class Tee(object):
@@ -116,7 +104,7 @@ class Tee(object):
 
     def kill(self):
         self.close()
-        _kill_and_reap(self.proc)
+        kill_and_reap(self.proc)
 
     def result(self):
         self.close()
