@@ -27,6 +27,14 @@ PG_ARGS = dict(
     pg_os_user=dict(type="str", default="postgres"),
 )
 
+RETENTION_ARGS = dict(
+    keep_daily=dict(type="int", default=30),
+    keep_weekly=dict(type="int", default=12),
+    keep_monthly=dict(type="int", default=12),
+    keep_last=dict(type="int", default=0),
+    abort_uploads_after_hours=dict(type="float", default=24),
+)
+
 
 def spec(*groups, **extra):
     merged = {}

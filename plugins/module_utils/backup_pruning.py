@@ -18,11 +18,22 @@ from ansible_collections.keelson.stack.plugins.module_utils.backup_restore impor
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retention import select_retention
 
 
-def run_prune(params, check_mode=False):
+def prune_outcome(params, check_mode=False, deadline=None):
+    """run_prune's result with `failed: false`, or `failed: true` and one line:
+    the form both backup_prune and pg_backup's `prune` report (after a backup,
+    a failed prune must not undo the backup's success)."""
+    try:
+        return dict(run_prune(params, check_mode, deadline), failed=False)
+    except Exception as exc:  # every failure becomes one line
+        return {"failed": True, "changed": False, "msg": "prune of %s failed: %s" % (
+            params["database"], str(exc).replace("\n", " ") or type(exc).__name__)}
+
+
+def run_prune(params, check_mode=False, deadline=None):
     database = params["database"]
     bucket = params["s3_bucket"]
     prefix = params["s3_prefix"]
-    s3 = s3_from(params)
+    s3 = s3_from(params, deadline)
     committed, incomplete = backup_s3.list_backups(s3, bucket, prefix, database)
     selection = select_retention([{"id": i, "time": backup_s3.id_time(i)} for i in committed],
                                  daily=params["keep_daily"], weekly=params["keep_weekly"],

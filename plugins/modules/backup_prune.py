@@ -38,33 +38,12 @@ attributes:
     support: none
 extends_documentation_fragment:
   - keelson.stack.backup_s3
+  - keelson.stack.backup_retention
 options:
   database:
     description: Database whose backups are pruned.
     type: str
     required: true
-  keep_daily:
-    description: Daily buckets to keep.
-    type: int
-    default: 30
-  keep_weekly:
-    description: Weekly (ISO week) buckets to keep.
-    type: int
-    default: 12
-  keep_monthly:
-    description: Monthly buckets to keep.
-    type: int
-    default: 12
-  keep_last:
-    description:
-      - Newest backups to keep whatever their calendar bucket, for backups taken several times a day
-        (C(8) keeps two days of 6-hourly backups).
-    type: int
-    default: 0
-  abort_uploads_after_hours:
-    description: Age after which an open multipart upload is abandoned and aborted (fractions allowed); C(0) never aborts one.
-    type: float
-    default: 24
   lock_dir:
     description: Directory of the backup lock files (the same as M(keelson.stack.pg_backup)'s).
     type: path
@@ -124,10 +103,10 @@ open_uploads_kept:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.keelson.stack.plugins.module_utils.backup_args import S3_ARGS, spec
+from ansible_collections.keelson.stack.plugins.module_utils.backup_args import RETENTION_ARGS, S3_ARGS, spec
 
 try:
-    from ansible_collections.keelson.stack.plugins.module_utils.backup_pruning import run_prune
+    from ansible_collections.keelson.stack.plugins.module_utils.backup_pruning import prune_outcome
     IMPORT_ERROR = None
 except ImportError as exc:
     IMPORT_ERROR = exc
@@ -136,23 +115,17 @@ except ImportError as exc:
 def main():
     module = AnsibleModule(
         argument_spec=spec(
-            S3_ARGS,
+            S3_ARGS, RETENTION_ARGS,
             database=dict(type="str", required=True),
-            keep_daily=dict(type="int", default=30),
-            keep_weekly=dict(type="int", default=12),
-            keep_monthly=dict(type="int", default=12),
-            keep_last=dict(type="int", default=0),
-            abort_uploads_after_hours=dict(type="float", default=24),
             lock_dir=dict(type="path", default="/run/lock/keelson-backup"),
         ),
         supports_check_mode=True,
     )
     if IMPORT_ERROR is not None:
         module.fail_json(msg="cannot load backup_prune logic: %s" % IMPORT_ERROR)
-    try:
-        result = run_prune(module.params, check_mode=module.check_mode)
-    except Exception as exc:  # every failure becomes one line
-        module.fail_json(msg="prune of %s failed: %s" % (module.params["database"], str(exc).replace("\n", " ")))
+    result = prune_outcome(module.params, check_mode=module.check_mode)
+    if result["failed"]:
+        module.fail_json(**result)
     module.exit_json(**result)
 
 

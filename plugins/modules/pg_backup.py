@@ -47,6 +47,7 @@ attributes:
     support: none
 extends_documentation_fragment:
   - keelson.stack.backup_s3
+  - keelson.stack.backup_retention
 options:
   database:
     description: Name of the database to back up.
@@ -114,6 +115,15 @@ options:
         for example behind a migration holding an exclusive lock. C(0) waits without bound (up to the deadline).
     type: int
     default: 300
+  prune:
+    description:
+      - After a successful backup, apply the retention options (O(keep_daily) and the others) in the same run,
+        as M(keelson.stack.backup_prune) does, and return its result as RV(prune). A failed prune does not fail
+        the backup, which is committed by then; RV(prune.failed) says so.
+      - One run saves the second module's start-up, as pgBackRest expires after each backup.
+      - The retention options are ignored when false.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -128,6 +138,8 @@ EXAMPLES = r"""
     age_recipients:
       - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
     metrics_dir: /var/lib/prometheus/node-exporter
+    prune: true
+    keep_daily: 14
   register: backup
 """
 
@@ -195,16 +207,24 @@ metrics_file:
   description: Metrics file written.
   returned: when O(metrics_dir) is set
   type: str
+prune:
+  description:
+    - The retention run after the backup, with the return values of M(keelson.stack.backup_prune) (C(keep),
+      C(delete), C(deleted_keys), C(aborted_uploads), C(msg)...) and C(failed).
+    - On a failed prune, only C(failed) (true), C(changed) and C(msg).
+  returned: success, when O(prune) is true
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.keelson.stack.plugins.module_utils.backup_args import PG_ARGS, S3_ARGS, spec
+from ansible_collections.keelson.stack.plugins.module_utils.backup_args import PG_ARGS, RETENTION_ARGS, S3_ARGS, spec
 from ansible_collections.keelson.stack.plugins.module_utils.backup_local import LockHeld, stop_on_signals
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import Deadline
 
 try:
     from ansible_collections.keelson.stack.plugins.module_utils.backup_dump import record_metrics, run_backup
+    from ansible_collections.keelson.stack.plugins.module_utils.backup_pruning import prune_outcome
     IMPORT_ERROR = None
 except ImportError as exc:  # boto3 is imported lazily; this guards the module_utils themselves
     IMPORT_ERROR = exc
@@ -213,7 +233,7 @@ except ImportError as exc:  # boto3 is imported lazily; this guards the module_u
 def main():
     module = AnsibleModule(
         argument_spec=spec(
-            S3_ARGS, PG_ARGS,
+            S3_ARGS, PG_ARGS, RETENTION_ARGS,
             database=dict(type="str", required=True),
             compression=dict(type="str", default="auto", choices=["auto", "zstd", "gzip", "lz4", "none"]),
             compression_level=dict(type="int"),
@@ -224,6 +244,7 @@ def main():
             upload_workers=dict(type="int", default=2),
             deadline_seconds=dict(type="int", default=0),
             lock_wait_timeout=dict(type="int", default=300),
+            prune=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -248,6 +269,8 @@ def main():
     result["database"] = params["database"]
     if params["metrics_dir"] and not module.check_mode:
         result["metrics_file"] = record_metrics(params["metrics_dir"], params["database"], ok=True, result=result)
+    if params["prune"]:
+        result["prune"] = prune_outcome(params, check_mode=module.check_mode, deadline=deadline)
     module.exit_json(**result)
 
 
