@@ -45,7 +45,8 @@ def main():
         stream = ProducerStream([Producer("gen", ["head", "-c", str(p["size"]), "/dev/zero"])])
         s3 = backup_dump.s3_from(p)
         upload_stream(s3, p["s3_bucket"], p["key"], stream)
-        s3.delete_object(Bucket=p["s3_bucket"], Key=p["key"])
+        for version in s3.list_object_versions(Bucket=p["s3_bucket"], Prefix=p["key"]).get("Versions", []):
+            s3.delete_object(Bucket=p["s3_bucket"], Key=p["key"], VersionId=version["VersionId"])  # versioned bucket
         out = {"bytes": stream.bytes}
     elif p["action"] == "restore":
         result = backup_restore.run_restore(dict(p, lock_dir="/run/lock/keelson-backup", pg_os_user="postgres",
