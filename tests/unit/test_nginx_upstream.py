@@ -243,6 +243,27 @@ def test_runtime_path_writes_the_file_then_tells_nginx_and_waits_for_in_flight(t
     assert not res["changed"] and res["applied_via"] is None and len(server.posts) == 1
 
 
+def test_a_drain_that_changes_nothing_still_waits_for_the_requests_in_flight(tmp_path, control):
+    """A rerun after a drain that timed out: file and nginx already say down, but requests are
+    still in flight. Nothing is written or sent, and the task waits as a drain does."""
+    server, client = control
+    path = tmp_path / "api.conf"
+    path.write_text(set_backend_state(FILE, "172.30.77.21:8002", "down"))
+    server.backends["172.30.77.21:8002"].update(state="down", in_flight=2)
+    check = set_upstream_backend(str(path), "172.30.77.21:8002", "down", None, check_mode=True, control=client,
+                                 upstream="api")
+    assert not check["changed"] and check["drained"] is None and server.backends["172.30.77.21:8002"]["in_flight"] == 1
+    res = set_upstream_backend(str(path), "172.30.77.21:8002", "down", None, control=client, upstream="api",
+                               sleep=lambda s: None)
+    assert not res["changed"] and res["applied_via"] is None and res["backup"] is None
+    assert res["drained"] and res["in_flight"] == 0 and server.posts == []
+    # drain: false asks for no wait
+    server.backends["172.30.77.21:8002"]["in_flight"] = 5
+    res = set_upstream_backend(str(path), "172.30.77.21:8002", "down", None, control=client, upstream="api",
+                               drain=False)
+    assert res["drained"] is None and server.backends["172.30.77.21:8002"]["in_flight"] == 4
+
+
 def test_runtime_path_repairs_a_file_that_nginx_was_never_told(tmp_path, control):
     """A run killed between writing the file and telling nginx: the file already says down."""
     server, client = control
