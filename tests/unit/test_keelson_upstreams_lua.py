@@ -9,25 +9,13 @@ import types
 from pathlib import Path
 from urllib.parse import urlencode
 
-import jinja2
 import lupa.luajit21 as luajit
 import pytest
-import yaml
+from nginx_files import ROLE, render_upstream
 
 from ansible_collections.keelson.stack.plugins.module_utils.nginx_upstream import parse_servers
 
-ROOT = Path(__file__).resolve().parents[2]
-ROLE = ROOT / "roles" / "nginx"
 A, B, C = "172.30.77.21:8001", "172.30.77.21:8002", "172.30.77.22:8001"
-
-
-def render_upstream(servers, live=None, **item):
-    """upstreams/api.conf as the role writes it (ansible's template settings: trim_blocks)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLE / "templates")), trim_blocks=True,
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    return env.get_template("upstream_servers.conf.j2").render(
-        dict(defaults, item=dict(name="api", servers=servers, **item), nginx_cfg_live_servers={"api": live or {}}))
 
 
 def py(value):
