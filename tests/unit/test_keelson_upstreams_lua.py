@@ -265,7 +265,7 @@ def test_down_backends_get_nothing_and_none_up_is_refused(lua, tmp_path):
     for addr in (B, "172.30.77.22:8002"):
         control(lua, "POST", body=form(backend=addr, state="down"))
     status, peer, _ctx = pick(lua)
-    assert (status, peer) == (502, None)
+    assert (status, peer) == (502, None)  # from the balancer phase nginx answers it as 500 (docs/nginx.md)
     assert "error: keelson upstream api: no backend is up" in py(lua.stub.logs)
     assert all(b["in_flight"] == 0 for b in state(lua)["backends"].values())
 
