@@ -25,9 +25,10 @@ file is rewritten and validated as above, and the running nginx is told through 
 control socket instead of reloaded: no worker restarts, no client connection closes.
 The Lua balancer counts the requests in flight per backend (raised before a pick is
 final, then the state is read again; the control sets ``down`` before it reads the
-count), so the drain waits until that count is 0. Whatever the control socket cannot
-do (no socket, an upstream or backend the running nginx does not know) falls back to
-the reload, and the result says which path was taken (``applied_via``).
+count), so the drain waits until that count is 0, also when nothing is left to change
+(a rerun after a drain that timed out waits for what is still in flight). Whatever the
+control socket cannot do (no socket, an upstream or backend the running nginx does not
+know) falls back to the reload, and the result says which path was taken (``applied_via``).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -385,11 +386,14 @@ def set_upstream_backend(path, address, state, run, check_mode=False, drain=True
         runtime_pending = (now["state"], now["weight"]) != (wanted["state"], wanted["weight"])
         result["changed"] = file_changed or runtime_pending
         result["applied_via"] = "runtime" if result["changed"] else None
-        if check_mode or not result["changed"]:
+        if check_mode:
             return result
-        if file_changed:
-            _write_validated(path, before, after, run, nginx, result)
-        control.set(upstream, address, state, weight)
+        if result["changed"]:
+            if file_changed:
+                _write_validated(path, before, after, run, nginx, result)
+            control.set(upstream, address, state, weight)
+        # A drain that changes nothing still waits: the run before (its drain timed out, or
+        # it was killed after the control call) may have left requests in flight.
         if state == "down" and drain:
             drained, seconds, in_flight = wait_for_in_flight(control, upstream, address, drain_timeout, clock, sleep)
             result.update(drained=drained, drain_seconds=round(seconds, 3), in_flight=in_flight)

@@ -34,7 +34,8 @@ description:
   - Idempotent. If the file already holds O(state) but was written after the running workers
     started (an earlier run stopped between writing and reloading), nginx is reloaded and
     drained anyway and the task reports a change. On the runtime path, a file that already holds
-    O(state) while the running nginx does not is applied again.
+    O(state) while the running nginx does not is applied again, and a drain that changes nothing
+    still waits until no request is in flight to the backend (a rerun after a drain that timed out).
 author:
   - keelson.stack developers (@keelson)
 options:

@@ -13,6 +13,7 @@ import time
 import urllib.parse
 
 import pytest
+from nginx_files import render_upstream
 
 from ansible_collections.keelson.stack.plugins.filter.nginx_upstream import nginx_runtime_upstreams
 from ansible_collections.keelson.stack.plugins.module_utils.nginx_upstream import (
@@ -51,6 +52,33 @@ def test_up_and_prefix_addresses_are_distinct():
 def test_unknown_backend_names_the_known_ones():
     with pytest.raises(UpstreamError, match=r"172.30.77.23:8001 is not in .*\(has 172.30.77.21:8001, "):
         set_backend_state(FILE, "172.30.77.23:8001", "down")
+
+
+def test_a_file_the_role_renders_is_rewritten_line_by_line_and_read_back_by_the_role():
+    """What nginx_upstream writes, the role's next converge reads as the live state and renders
+    the same again (a converge keeps a drained or weighed backend as it is)."""
+    servers = [{"host": "172.30.77.21", "port": 8001}, {"host": "172.30.77.22", "port": 8001}]
+    rendered = render_upstream(servers, max_fails=2, fail_timeout=30)
+    assert rendered == ("server 172.30.77.21:8001 max_fails=2 fail_timeout=30s;\n"
+                        "server 172.30.77.22:8001 max_fails=2 fail_timeout=30s;\n")
+    after = set_backend_state(set_backend_state(rendered, "172.30.77.22:8001", "down"), "172.30.77.21:8001", "up",
+                              weight=4)
+    assert after == ("server 172.30.77.21:8001 weight=4 max_fails=2 fail_timeout=30s;\n"
+                     "server 172.30.77.22:8001 max_fails=2 fail_timeout=30s down;\n")
+    assert render_upstream(servers, live=parse_servers(after), max_fails=2, fail_timeout=30) == after
+
+
+def test_comments_and_crlf_endings_are_kept_byte_for_byte():
+    text = ("# api (canary first)\r\n"
+            "server 10.0.0.1:80 max_fails=3 fail_timeout=10s; # canary\r\n"
+            "  server 10.0.0.2:80 max_fails=3 fail_timeout=10s;\r\n")
+    after = set_backend_state(text, "10.0.0.1:80", "down", weight=2)
+    assert after == ("# api (canary first)\r\n"
+                     "server 10.0.0.1:80 weight=2 max_fails=3 fail_timeout=10s down; # canary\r\n"
+                     "  server 10.0.0.2:80 max_fails=3 fail_timeout=10s;\r\n")
+    assert parse_servers(after) == {"10.0.0.1:80": {"state": "down", "weight": 2},
+                                    "10.0.0.2:80": {"state": "up", "weight": 1}}
+    assert set_backend_state(after, "10.0.0.1:80", "up", weight=1) == text
 
 
 def test_write_atomically_keeps_mode_and_backup(tmp_path):
@@ -241,6 +269,27 @@ def test_runtime_path_writes_the_file_then_tells_nginx_and_waits_for_in_flight(t
     # again: file and nginx agree, nothing is sent
     res = set_upstream_backend(str(path), "172.30.77.21:8001", "down", run, control=client, upstream="api")
     assert not res["changed"] and res["applied_via"] is None and len(server.posts) == 1
+
+
+def test_a_drain_that_changes_nothing_still_waits_for_the_requests_in_flight(tmp_path, control):
+    """A rerun after a drain that timed out: file and nginx already say down, but requests are
+    still in flight. Nothing is written or sent, and the task waits as a drain does."""
+    server, client = control
+    path = tmp_path / "api.conf"
+    path.write_text(set_backend_state(FILE, "172.30.77.21:8002", "down"))
+    server.backends["172.30.77.21:8002"].update(state="down", in_flight=2)
+    check = set_upstream_backend(str(path), "172.30.77.21:8002", "down", None, check_mode=True, control=client,
+                                 upstream="api")
+    assert not check["changed"] and check["drained"] is None and server.backends["172.30.77.21:8002"]["in_flight"] == 1
+    res = set_upstream_backend(str(path), "172.30.77.21:8002", "down", None, control=client, upstream="api",
+                               sleep=lambda s: None)
+    assert not res["changed"] and res["applied_via"] is None and res["backup"] is None
+    assert res["drained"] and res["in_flight"] == 0 and server.posts == []
+    # drain: false asks for no wait
+    server.backends["172.30.77.21:8002"]["in_flight"] = 5
+    res = set_upstream_backend(str(path), "172.30.77.21:8002", "down", None, control=client, upstream="api",
+                               drain=False)
+    assert res["drained"] is None and server.backends["172.30.77.21:8002"]["in_flight"] == 4
 
 
 def test_runtime_path_repairs_a_file_that_nginx_was_never_told(tmp_path, control):
