@@ -119,7 +119,7 @@ options:
     description:
       - After a successful backup, apply the retention options (O(keep_daily) and the others) in the same run,
         as M(keelson.stack.backup_prune) does, and return its result as RV(prune). A failed prune does not fail
-        the backup, which is committed by then; RV(prune.failed) says so.
+        the backup, which is committed by then; C(failed) in RV(prune) says so.
       - One run saves the second module's start-up, as pgBackRest expires after each backup.
       - The retention options are ignored when false.
     type: bool
