@@ -41,7 +41,9 @@ attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: Connects to S3 and PostgreSQL, picks the compression and reports the keys it would write; uploads nothing.
+    details:
+      - Connects to S3 and PostgreSQL, picks the compression and reports the keys it would write; uploads nothing.
+      - With O(prune), reports what retention would delete and abort among the existing backups (the one not taken is not counted); deletes nothing.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
