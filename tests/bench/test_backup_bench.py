@@ -171,4 +171,3 @@ def test_incompressible_backup_module_and_playbook_vs_bare_pipeline(bench_host, 
            "rounds %s" % (mib, len(rounds["baseline"]), m["baseline"], m["module"], m["module"] / m["baseline"],
                           m["playbook"], m["playbook"] / m["baseline"], json.dumps(rounds)))
     report_playbook_time(tasks)
-    _cleanup(bench_host, prefix)
