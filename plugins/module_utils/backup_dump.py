@@ -13,6 +13,7 @@ import json
 import platform
 import socket
 import subprocess
+import threading
 import time
 
 from ansible_collections.keelson.stack.plugins.module_utils import backup_s3
@@ -99,6 +100,33 @@ def _upload(s3, bucket, key, conn, argv, recipients, workers, deadline, tee_argv
     return info, tee
 
 
+class _Beside(object):
+    """A call run in a thread beside the dump; result() waits for it, then returns its
+    value or raises its error."""
+
+    def __init__(self, name, func, *args):
+        self._out = {}
+        self._thread = threading.Thread(target=self._run, args=(func,) + args, name=name)
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self, func, *args):
+        try:
+            self._out["value"] = func(*args)
+        except BaseException as exc:  # handed to the caller by result()
+            self._out["error"] = exc
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
+
+    def succeeded(self):
+        self._thread.join()
+        return "value" in self._out
+
+
 def _delete_quietly(s3, bucket, keys):
     for key in keys:
         try:  # a budget of its own: the run's deadline may be what ended it
@@ -129,13 +157,15 @@ def run_backup(params, check_mode=False, deadline=None):
         backup_s3.check_bucket(s3, bucket)
         session = PsqlSession(conn, database, deadline)
         uploaded = []
+        globals_upload = None
         try:
             server_version, size = session.query("SELECT current_setting('server_version'), "
                                                  "pg_database_size(current_database());")[0].split("|")
             seconds = params.get("deadline_seconds") or default_deadline(int(size))
             deadline.start(seconds)
+            pg_dump_version = tool_version(conn, "pg_dump")
             method, compress_args = choose_compression(conn, database, params.get("compression") or "auto",
-                                                       params.get("compression_level"))
+                                                       params.get("compression_level"), pg_dump_version)
             plan = {"changed": True, "backup_id": backup_id, "key": dump_key, "manifest_key": manifest_key,
                     "compression": method, "encrypted": bool(recipients), "deadline_seconds": seconds}
             if check_mode:
@@ -147,8 +177,13 @@ def run_backup(params, check_mode=False, deadline=None):
                 session.query("SET lock_timeout = '%ds';" % params["lock_wait_timeout"])
             snapshot = session.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n"
                                      "SELECT pg_catalog.pg_export_snapshot();")[-1]
-            # Counted while pg_dump runs, in the snapshot pg_dump uses.
+            # Counted while pg_dump runs, in the snapshot pg_dump uses, by one backend:
+            # a parallel count(*) would take the cores pg_dump's compression needs.
+            session.query("SET max_parallel_workers_per_gather = 0;")
             session.send(ROW_COUNT_SQL)
+            if params.get("globals", True):  # small: uploaded while the dump streams
+                globals_upload = _Beside("backup-globals", _upload, s3, bucket, globals_key, conn,
+                                         ["pg_dumpall", "--globals-only"], recipients, 1, deadline)
             dump_argv = ["pg_dump", "-Fc"] + compress_args + ["--snapshot=" + snapshot, "-d", database]
             if params.get("lock_wait_timeout"):
                 dump_argv.insert(2, "--lock-wait-timeout=%ds" % params["lock_wait_timeout"])
@@ -162,10 +197,8 @@ def run_backup(params, check_mode=False, deadline=None):
             session.close()
 
             objects = {"dump": dump}
-            if params.get("globals", True):
-                objects["globals"] = _upload(s3, bucket, globals_key, conn, ["pg_dumpall", "--globals-only"],
-                                             recipients, 1, deadline)[0]
-                uploaded.append(globals_key)
+            if globals_upload is not None:
+                objects["globals"] = globals_upload.result()[0]
 
             finished = utc_now()
             manifest = {
@@ -177,7 +210,7 @@ def run_backup(params, check_mode=False, deadline=None):
                 "finished_at": iso(finished),
                 "duration_seconds": round(time.monotonic() - clock, 3),
                 "server_version": server_version,
-                "tools": {"pg_dump": tool_version(conn, "pg_dump"),
+                "tools": {"pg_dump": pg_dump_version,
                           "age": _age_version() if recipients else None,
                           "python": platform.python_version(),
                           "boto3": _boto3_version()},
@@ -198,6 +231,8 @@ def run_backup(params, check_mode=False, deadline=None):
                 raise BackupError(backup_s3.describe_error(exc, "PutObject %s" % manifest_key))
         except BaseException:
             session.close(patience=5)
+            if globals_upload is not None and globals_upload.succeeded():
+                uploaded.append(globals_key)
             _delete_quietly(s3, bucket, uploaded)
             raise
 
