@@ -33,6 +33,8 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 DEFAULT_MIX = {"get": 70, "post": 20, "slow": 10}
+# get, post and slow go to the API; web to the lab's frontend, which calls the API
+KINDS = ("get", "post", "slow", "web")
 
 # Pause after a failed request before reconnecting, so a worker facing a
 # refused port records a handful of errors rather than spinning on the CPU.
@@ -48,7 +50,7 @@ STALE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
 
 @dataclass(frozen=True)
 class Sample:
-    """One request. `kind` is get, post, slow, or version (a get sent before
+    """One request. `kind` is get, post, slow, web, or version (a get sent before
     this Load created any item). `error` is set when the request raised, in
     which case `status` may still hold a status read before the failure.
     `stale_retry` is set when the request was first sent on a reused
@@ -160,9 +162,9 @@ class Load:
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError("base_url must be http(s)://host[:port][/prefix]: %r" % base_url)
         mix = dict(DEFAULT_MIX if mix is None else mix)
-        unknown = set(mix) - set(DEFAULT_MIX)
+        unknown = set(mix) - set(KINDS)
         if unknown or not any(weight > 0 for weight in mix.values()):
-            raise ValueError("mix needs positive weights for get/post/slow: %r" % mix)
+            raise ValueError("mix needs positive weights for %s: %r" % ("/".join(KINDS), mix))
         self.base_url = base_url
         self.host_header = host_header
         self.workers = workers
@@ -287,6 +289,8 @@ class Load:
         elif kind == "post":
             path = "/items"
             body = json.dumps({"name": "load-%d" % next(self._names)}).encode()
+        elif kind == "web":
+            path = "/web/"
         else:
             path = "/slow?ms=%d" % self.slow_ms
 

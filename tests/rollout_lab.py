@@ -19,10 +19,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from loadgen import Load, summary_line  # noqa: E402
 
 APP_HOSTS = ["app1", "app2"]
-REPLICAS = ["api-1", "api-2"]
-# what a deploy rolls after the API's replicas: the worker on each app host, the scheduler
-# (placement: one) on the first
-PORTLESS = {"app1": ["worker", "scheduler"], "app2": ["worker"]}
+# what a deploy rolls on each app host, in order: the published replicas (the API's, then
+# the frontend's), then the workers and the scheduler (placement: one) on the first
+REPLICAS = ["api-1", "api-2", "web"]
+PORTLESS = {"app1": ["worker-1", "worker-2", "scheduler"], "app2": ["worker-1", "worker-2"]}
+UPSTREAMS = ("api", "web")
 PROJECT_DIR = "/opt/keelson/stacks/demo"
 LOCK = "/opt/keelson/locks/lab.lock"
 CA = ROOT / ".cache" / "pki" / "lab" / "ca.crt"
@@ -96,7 +97,7 @@ def record_of(host, run_id):
 
 
 def upstream_file():
-    return on("lb1", "cat", "/etc/nginx/keelson/upstreams/api.conf")
+    return "".join(on("lb1", "cat", "/etc/nginx/keelson/upstreams/%s.conf" % name) for name in UPSTREAMS)
 
 
 def run_id(output):
@@ -139,14 +140,14 @@ def nginx_processes():
 
 
 def start_load(workers=6, baseline=3, rate=10, resend=False):
-    """Constant HTTPS load through nginx on lb1: GET, POST (writes to PostgreSQL) and
-    10% slow requests, `rate` requests/s per worker (the lab's nginx allows 100 r/s per
+    """Constant HTTPS load through nginx on lb1: GET, POST (writes to PostgreSQL), 10%
+    slow requests and 10% to the frontend (which calls the API), `rate` requests/s per worker (the lab's nginx allows 100 r/s per
     client on /items, burst 200); `baseline` seconds of it before the mark "roll_start".
     By default a client that never resends: a request sent on a keep-alive connection
     nginx closed is an error. Notes nginx's processes, for finish_load."""
     assert CA.exists(), "the lab's internal CA is made by site.yml: %s" % CA
     generator = Load("https://%s" % EDGE_NAME, ca_file=str(CA), connect_to=EDGE_ADDRESS, workers=workers,
-                     slow_ms=400, rate=rate, resend=resend)
+                     mix={"get": 60, "post": 20, "slow": 10, "web": 10}, slow_ms=400, rate=rate, resend=resend)
     generator.nginx_before = nginx_processes()
     generator.start()
     time.sleep(baseline)

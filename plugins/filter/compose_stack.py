@@ -18,9 +18,9 @@ description:
     C(compose_stack_backends) (published backends of one host) and C(compose_stack_upstreams)
     (the nginx role's C(nginx_upstreams) from every app host's backends), C(compose_stack_rollout_pins)
     (which pins of C(compose.rollout.yaml) still match compose.yaml's images) C(compose_stack_rollout_units)
-    (what a deploy replaces on the host, the rollout service's replicas then every service without published
-    ports, as M(keelson.stack.compose_rollout) takes them), C(compose_stack_rollout_targets) (the image each of
-    those units goes to), C(compose_stack_for_host)
+    (what a rollout replaces on the host, one unit per replica, every published service's replicas, then every
+    service without published ports, as M(keelson.stack.compose_rollout) takes them),
+    C(compose_stack_rollout_targets) (the image each of those units goes to), C(compose_stack_for_host)
     (the services placed on the host it is rendered for, and their jobs), C(compose_stack_host_jobs) (the jobs of
     those services, with the Compose service each runs in) and C(compose_stack_jobs_once) (each job once, on the
     first app host that asks for it), and C(compose_stack_errors)
@@ -87,16 +87,13 @@ def compose_stack_preflight_services(stack, services, previous):
     return cs.preflight_services(stack, services, previous)
 
 
-def compose_stack_rollout_units(stack, backends, service):
-    try:
-        return cs.rollout_units(stack, backends, service)
-    except ValueError as exc:
-        raise AnsibleFilterError(str(exc))
+def compose_stack_rollout_units(stack, backends, services=None):
+    return cs.rollout_units(stack, backends, services)
 
 
-def compose_stack_rollout_targets(stack, backends, service, image=None):
+def compose_stack_rollout_targets(stack, backends, services=None, image=None):
     try:
-        return cs.rollout_targets(stack, backends, service, image)
+        return cs.rollout_targets(stack, backends, services, image)
     except ValueError as exc:
         raise AnsibleFilterError(str(exc))
 
@@ -105,8 +102,8 @@ def compose_stack_for_host(stack):
     return cs.for_host(stack)
 
 
-def compose_stack_rollout_pins(pins, backends, services_now, services_before, pin_ids):
-    return cs.rollout_pins_to_keep(pins, backends, services_now, services_before, pin_ids)
+def compose_stack_rollout_pins(pins, stack, services_now, services_before, pin_ids):
+    return cs.rollout_pins_to_keep(pins, stack, services_now, services_before, pin_ids)
 
 
 def compose_stack_host_jobs(stack):

@@ -14,9 +14,8 @@ description:
     per host the replicas in replacement order with the image digest (or reference) they run and the
     one they would run, and whether each changes.
   - Pure function, no I/O. The input comes from M(keelson.stack.compose_rollout) with C(action=status) on each host.
-  - "Its companions serve the rollout role: C(rollout_published_services) (the services that publish ports, in stack
-    order; the first is the default C(rollout_service)) and C(rollout_settings_errors) (every problem of the role's
-    settings against the stack, one string each, as in C(services | keelson.stack.rollout_settings_errors(service, serial)))."
+  - "Its companion C(rollout_settings_errors) serves the rollout role: every problem of the role's settings against
+    the stack, one string each, as in C(services | keelson.stack.rollout_settings_errors(rollout_services, serial))."
   - Its companion C(rollout_monitor_probes) turns the hostvars of the app hosts rolled so far into the HTTP probes
     of the monitoring window (every replica's health path on its backend address); C(rollout_jobs) turns the
     hostvars of the app hosts into the release's jobs, each to run once (on the first host its service runs on,
@@ -80,7 +79,7 @@ _value:
 from ansible.errors import AnsibleFilterError
 from ansible_collections.keelson.stack.plugins.module_utils.compose_stack import rollout_jobs as _jobs
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
-    plan_lines, published_services, rollout_plan as _plan, rollout_settings_errors)
+    plan_lines, rollout_plan as _plan, rollout_settings_errors)
 
 
 def rollout_plan(current, hosts, replicas, action, image=None, digest=None, serial=(1, "50%"), changes=None,
@@ -130,4 +129,4 @@ class FilterModule(object):
     def filters(self):
         return {"rollout_plan": rollout_plan, "rollout_monitor_probes": rollout_monitor_probes,
                 "rollout_jobs": rollout_jobs, "rollout_job_line": rollout_job_line,
-                "rollout_settings_errors": rollout_settings_errors, "rollout_published_services": published_services}
+                "rollout_settings_errors": rollout_settings_errors}

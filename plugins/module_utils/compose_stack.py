@@ -10,10 +10,10 @@ shape; :func:`validate` checks the rules between fields (port collisions, refere
 :func:`compose` renders the Compose document; :func:`backends` lists what nginx can
 reach.
 
-A service with published ports and ``replicas`` >= 2 becomes one Compose service per
-replica, ``<name>-<n>``, publishing ``port + n - 1``: each replica is one nginx
-upstream server and can be replaced alone. Without published ports, replicas map
-to ``deploy.replicas``.
+A service with ``replicas`` >= 2 becomes one Compose service per replica,
+``<name>-<n>``, each answering on the service's name too (a network alias). A
+published port becomes ``port + n - 1``: each replica is one nginx upstream server.
+Either way a rollout replaces one replica at a time.
 
 The role adds ``host`` (the inventory host it renders for) and ``hosts`` (the app
 hosts, in inventory order). A service's ``placement`` picks the hosts it runs on:
@@ -52,8 +52,8 @@ def _ports(service):
 
 
 def is_split(service):
-    """True when each replica is its own Compose service (published ports, >= 2 replicas)."""
-    return bool(_ports(service)) and int(service.get("replicas") or 1) > 1
+    """True when each replica is its own Compose service (>= 2 replicas)."""
+    return int(service.get("replicas") or 1) > 1
 
 
 def replica_names(service):
@@ -288,8 +288,6 @@ def _service_body(svc, stack, replica, compose_names):
         limits["memory"] = str(svc["memory"]).lower()
     if limits:
         body.setdefault("deploy", {})["resources"] = {"limits": limits}
-    if not is_split(svc) and int(svc.get("replicas") or 1) > 1:
-        body.setdefault("deploy", {})["replicas"] = int(svc["replicas"])
     if svc.get("depends_on"):
         deps = {}
         for dep, condition in sorted(svc["depends_on"].items()):
@@ -376,41 +374,41 @@ def duration_seconds(value):
     return int(math.ceil(sum(float(n) * scale[u] for n, u in parts)))
 
 
-def rollout_units(stack, backends_here, service):
-    """What a deploy replaces on ``stack["host"]``, in order: each replica of ``service``
-    (the published service, one nginx backend per replica), then every service placed
-    here that publishes no port (workers, schedulers), as one unit each, stopped with its
-    own ``stop_grace_period`` when it has one. [{service, port?, stop_grace_period?}], as
-    compose_rollout's ``replicas`` takes them."""
-    if service not in (backends_here or {}):
-        raise ValueError("service %s publishes no ports on this host (services with backends: %s)"
-                         % (service, ", ".join(sorted(backends_here or {})) or "none"))
-    units = [{"service": b["replica"], "port": b["port"]} for b in backends_here[service]]
-    for svc in for_host(stack)["services"]:
-        if svc.get("ports"):
-            continue
-        unit = {"service": svc["name"]}
+def rollout_units(stack, backends_here, services=None):
+    """What a rollout replaces on ``stack["host"]``, one unit per replica, in order: the
+    replicas of every published service (each one nginx backend of the upstream named
+    after its service), then the replicas of every service that publishes no port
+    (workers, schedulers), each stopped with its service's ``stop_grace_period`` when it
+    has one. Services placed elsewhere are not here; ``services`` (names) keeps only those.
+    [{service, upstream?, port?, stop_grace_period?}], as compose_rollout's ``replicas``
+    takes them (``service`` is the replica's Compose service)."""
+    chosen = [svc for svc in for_host(stack)["services"] if services is None or svc["name"] in services]
+    units = []
+    for svc in [s for s in chosen if s["name"] in (backends_here or {})]:
+        units.extend({"service": b["replica"], "upstream": svc["name"], "port": b["port"]}
+                     for b in backends_here[svc["name"]])
+    for svc in [s for s in chosen if s["name"] not in (backends_here or {})]:
         grace = duration_seconds(svc.get("stop_grace_period"))
-        if grace is not None:
-            unit["stop_grace_period"] = grace
-        units.append(unit)
+        for name in replica_names(svc):
+            unit = {"service": name}
+            if grace is not None:
+                unit["stop_grace_period"] = grace
+            units.append(unit)
     return units
 
 
-def rollout_targets(stack, backends_here, service, image=None):
+def rollout_targets(stack, backends_here, services=None, image=None):
     """{unit: image reference} for a deploy of the inventory's release: every unit of
-    rollout_units to the image the inventory names for it. ``image`` (an operator's
-    one-off image for ``service``) deploys that image to the replicas of ``service`` alone."""
-    by_name = dict((s["name"], s) for s in for_host(stack)["services"])
-    replicas = set(b["replica"] for b in (backends_here or {}).get(service) or [])
-    targets = {}
-    for unit in rollout_units(stack, backends_here, service):
-        name = unit["service"]
-        if name in replicas:
-            targets[name] = image or image_ref(by_name[service])
-        elif not image:
-            targets[name] = image_ref(by_name[name])
-    return targets
+    rollout_units to the image the inventory names for its service. ``image`` (an
+    operator's one-off image) goes to the units of ``services`` alone, which must then
+    name exactly one service."""
+    if image and len(services or []) != 1:
+        raise ValueError("keelson_deploy_image deploys one image to one service: name it with "
+                         "-e '{\"rollout_services\": [\"SERVICE\"]}' (rollout_services is %s)"
+                         % (", ".join(services) if services else "every service"))
+    image_of = dict((replica, image or image_ref(svc))
+                    for svc in for_host(stack)["services"] for replica in replica_names(svc))
+    return dict((unit["service"], image_of[unit["service"]]) for unit in rollout_units(stack, backends_here, services))
 
 
 def host_jobs(stack):
@@ -566,7 +564,7 @@ def health_report(containers):
     return "\n".join(lines) if lines else "no unhealthy or exited container found"
 
 
-def rollout_pins_to_keep(pins, backends, services_now, services_before, pin_ids):
+def rollout_pins_to_keep(pins, stack, services_now, services_before, pin_ids):
     """The pins of ``compose.rollout.yaml`` (``{replica: {"image": ref}}``, written by
     compose_rollout) that stay when the role brings the stack up.
 
@@ -574,13 +572,11 @@ def rollout_pins_to_keep(pins, backends, services_now, services_before, pin_ids)
     when compose.yaml's image for its service is the one the previous converge ran (the
     inventory has not moved since, so the pin is a newer deploy and site.yml must not
     undo it). It goes when the inventory now asks for another image than both (this run
-    is the deploy), or when its replica is gone. ``backends`` is compose_stack_backends
-    (replica names per service), ``services_now`` and ``services_before`` map a service
+    is the deploy), or when its replica is gone. ``stack`` gives the replicas of each
+    service placed on the host, ``services_now`` and ``services_before`` map a service
     to ``{"id": image id}`` (this run's and the previous release's), ``pin_ids`` a pin's
     reference to its image ID."""
-    service_of = dict((b["replica"], name) for name, items in (backends or {}).items() for b in items)
-    # a service without published ports is rolled, and pinned, under its own name
-    service_of.update((name, name) for name in services_now or {} if name not in service_of)
+    service_of = dict((replica, svc["name"]) for svc in for_host(stack)["services"] for replica in replica_names(svc))
     kept = {}
     for replica, pin in sorted((pins or {}).items()):
         service = service_of.get(replica)

@@ -187,6 +187,43 @@ def rollback_target(records, running, service=None, record_id=None):
     return None
 
 
+def run_of(record_id):
+    """The run (the release's id across hosts, as deploy.yml prints it) of a host's record:
+    ``20270115T080000Z-deploy`` of ``20270115T080000Z-deploy-app1``."""
+    match = re.match(r"^(\d{8}T\d{6}Z-[a-z]+)-", record_id or "")
+    return match.group(1) if match else record_id
+
+
+def release_history(records, limit=20):
+    """A host's rollout records, newest first (at most ``limit``), as releases.yml lists
+    them: [{release, action, outcome, started_at, finished_at, who, reason, images}],
+    ``images`` being what the run left running per replica (pinned by digest)."""
+    out = []
+    for record in list(reversed(records))[:limit]:
+        out.append({"release": run_of(record.get("id")), "action": record.get("action"),
+                    "outcome": record.get("outcome"), "started_at": record.get("started_at"),
+                    "finished_at": record.get("finished_at"), "who": record.get("who"),
+                    "reason": record.get("reason") or "", "images": running_images(record)})
+    return out
+
+
+def release_lines(history):
+    """One line per release of release_history: id, action, outcome, when, who, the
+    images it left (each distinct image with its replicas) and why it failed."""
+    lines = []
+    for entry in history:
+        by_image = {}
+        for replica, ref in sorted(entry["images"].items()):
+            by_image.setdefault(ref, []).append(replica)
+        images = "; ".join("%s: %s" % (ref, ", ".join(names)) for ref, names in sorted(by_image.items()))
+        line = "%s %s %s at %s by %s" % (entry["release"], entry["action"], entry["outcome"],
+                                         entry["finished_at"] or entry["started_at"], entry["who"] or "?")
+        line += (" -> " + images) if images else ""
+        line += (" (%s)" % entry["reason"]) if entry["reason"] else ""
+        lines.append(line)
+    return lines
+
+
 def append_audit(path, entry):
     """One JSON line per action, appended with O_APPEND so concurrent writers do not interleave."""
     line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
@@ -199,12 +236,6 @@ def append_audit(path, entry):
 
 # --- the plan ------------------------------------------------------------------
 
-def published_services(services):
-    """Names of the stack's services that publish ports, in stack order: the ones a
-    rollout can take out of nginx replica by replica (the first is the default)."""
-    return [service.get("name") for service in services or [] if service.get("ports")]
-
-
 def _batch_size_ok(size):
     if isinstance(size, bool):
         return False
@@ -214,26 +245,24 @@ def _batch_size_ok(size):
     return bool(re.match(r"^[1-9][0-9]*%?$", text))
 
 
-def rollout_settings_errors(services, service, serial):
+def rollout_settings_errors(services, rolled, serial):
     """Every problem of the rollout role's settings against the stack definition, one
-    string each (empty when they hold): the rolled service must be a service of the
-    stack that publishes ports and runs on every app host (no placement), and every batch of ``serial`` must hold at least one
-    host (Ansible reads 0 as "all remaining hosts", which would skip the canary)."""
+    string each (empty when they hold): ``rolled`` (rollout_services) names services of
+    the stack, at least one, and every batch of ``serial`` holds at least one host
+    (Ansible reads 0 as "all remaining hosts", which would skip the canary)."""
     names = [s.get("name") for s in services or []]
-    published = published_services(services)
     errors = []
-    if not service:
-        errors.append("rollout_service: the stack has no service that publishes ports (services: %s)"
-                      % (", ".join(names) or "none"))
-    elif service not in names:
-        errors.append("rollout_service: %s is not a service of compose_stack_services (%s)"
-                      % (service, ", ".join(names) or "none"))
-    elif service not in published:
-        errors.append("rollout_service: %s publishes no ports, and a rollout rolls a published service "
-                      "(services that publish ports: %s)" % (service, ", ".join(published) or "none"))
-    elif [s for s in services if s.get("name") == service][0].get("placement") is not None:
-        errors.append("rollout_service: %s has a placement, and a rollout rolls a service that runs on every "
-                      "app host" % service)
+    if isinstance(rolled, str):
+        errors.append("rollout_services: %r is a string, and it must be a list: -e '{\"rollout_services\": [\"%s\"]}'"
+                      % (rolled, '", "'.join(part.strip() for part in rolled.split(",") if part.strip())))
+    elif not isinstance(rolled, (list, tuple)) or not rolled:
+        errors.append("rollout_services: %r names no service (services: %s)" % (rolled, ", ".join(names) or "none"))
+    else:
+        unknown = [name for name in rolled if name not in names]
+        if unknown:
+            errors.append("rollout_services: %s %s of compose_stack_services (%s)"
+                          % (", ".join(map(str, unknown)), "is not a service" if len(unknown) == 1 else "are not services",
+                             ", ".join(names) or "none"))
     if not isinstance(serial, (list, tuple)) or not serial:
         errors.append("rollout_serial: %r is not a non-empty list of batch sizes such as [1, \"50%%\"]" % (serial,))
     else:

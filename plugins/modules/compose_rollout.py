@@ -80,6 +80,11 @@ options:
       stop_grace_period:
         description: Seconds between the stop signal and SIGKILL for this replica, instead of O(stop_grace_period).
         type: int
+      upstream:
+        description:
+          - The nginx upstream the replica's backend is a server of (the caller drains it there). The module does not
+            use it; O(action=status) returns it with the replica.
+        type: str
   replica:
     description:
       - The replica (a O(replicas[].service)) to replace. Required for O(action=deploy) and O(action=restart).
@@ -148,6 +153,12 @@ options:
     description: The service name the replicas belong to, for the record.
     type: str
     default: ""
+  rollback_to:
+    description:
+      - With O(action=status), the record (ID) whose release RV(rollback_target) names, instead of the release before
+        the one that runs - what it left running when it succeeded, what ran before it otherwise. Its absence from the
+        records makes RV(rollback_target) null.
+    type: str
   who:
     description: Who runs the rollout, for the record and the audit log.
     type: str
@@ -225,6 +236,19 @@ last_good:
   type: dict
   sample: {"record": "20270115T080000Z-app1", "finished_at": "2027-01-15T08:03:10Z",
            "images": {"api-1": "172.30.77.42:5000/demo-api@sha256:9c...", "api-2": "172.30.77.42:5000/demo-api@sha256:9c..."}}
+releases:
+  description:
+    - With O(action=status), the host's rollout records, newest first (20 at most) - C(release) (the run's ID, the
+      same on every host), C(action), C(outcome), C(started_at), C(finished_at), C(who), C(reason) and C(images) (what
+      the run left running per replica).
+  returned: when action is status
+  type: list
+  elements: dict
+lines:
+  description: With O(action=status), RV(releases) as one line each.
+  returned: when action is status
+  type: list
+  elements: str
 interrupted:
   description:
     - With O(action=status), the IDs of release records still C(in_progress) (other than O(record_id)) - runs that
@@ -296,7 +320,7 @@ import socket
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
     append_audit, finish_record, interrupted_records, last_good_release, load_record, load_records, new_record,
-    record_path, rollback_target, save_replica_step, utc_iso)
+    record_path, release_history, release_lines, rollback_target, save_replica_step, utc_iso)
 from ansible_collections.keelson.stack.plugins.module_utils.rollout import (
     ComposeProject, RolloutError, replace_replica, run_job)
 
@@ -316,7 +340,7 @@ def main():
             action=dict(type="str", choices=["status", "deploy", "restart", "finish", "job"], default="status"),
             replicas=dict(type="list", elements="dict", required=True, options=dict(
                 service=dict(type="str", required=True), port=dict(type="int"),
-                stop_grace_period=dict(type="int"))),
+                stop_grace_period=dict(type="int"), upstream=dict(type="str"))),
             replica=dict(type="str"),
             job=dict(type="str"),
             command=dict(type="list", elements="str"),
@@ -333,6 +357,7 @@ def main():
             gate_timeout=dict(type="float", default=60),
             record_id=dict(type="str"),
             service=dict(type="str", default=""),
+            rollback_to=dict(type="str"),
             who=dict(type="str", default=""),
             rollout=dict(type="str"),
             outcome=dict(type="str", choices=["succeeded", "failed", "rolled_back"]),
@@ -381,10 +406,12 @@ def main():
             states.append(state)
         records = load_records(releases)
         running = dict((s["service"], s.get("pinned") or s.get("image")) for s in states if s.get("image"))
+        history = release_history(records)
         module.exit_json(changed=False, replicas=states,
                          last_good=last_good_release(records, p["service"] or None, p["record_id"]),
                          interrupted=interrupted_records(records, p["record_id"]),
-                         rollback_target=rollback_target(records, running, p["service"] or None))
+                         rollback_target=rollback_target(records, running, p["service"] or None, p["rollback_to"]),
+                         releases=history, lines=release_lines(history))
 
     if p["action"] == "job":
         if module.check_mode:

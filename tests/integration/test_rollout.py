@@ -1,10 +1,10 @@
 """deploy.yml, rolling_restart.yml and rollback.yml on the lab (lb1, app1, app2; the demo
-API, two replicas per host, a worker per host, the scheduler on app1), under HTTPS load
-through nginx on lb1.
+API, two replicas per host, its frontend web, two workers per host, the scheduler on app1),
+under HTTPS load through nginx on lb1.
 
 The tests run in file order, each starting from the state the previous one left:
-1.0.0 from site.yml -> plan -> deploy 1.1.0 (the API's replicas, then the worker and the
-scheduler; the migration once) -> restart -> three broken releases and one whose worker exits
+1.0.0 from site.yml -> plan -> deploy 1.1.0 (the API's and web's replicas, then the workers
+and the scheduler, one at a time; the migration once) -> restart -> three broken releases and one whose worker exits
 (only the canary touched, rolled back) -> a failing migration (nothing changed) -> rollback
 to 1.0.0 -> a late failure (all hosts end
 on 1.0.0) -> a second deploy refused by the lock -> a dead run's lock released by name ->
@@ -29,6 +29,10 @@ from rollout_lab import (  # noqa: E402
     run_id, start_load, versions)
 
 
+# Run ids of earlier tests that later ones name (the tests run in file order).
+RUNS = {}
+
+
 @pytest.fixture
 def load():
     generator = start_load()
@@ -41,10 +45,11 @@ def test_check_mode_prints_the_plan_and_changes_nothing():
     res = Playbook("deploy.yml", {"app_version": "1.1.0"}, check=True).run()
     assert res.returncode == 0, res.output[-5000:]
     assert "batch 1 (canary): app1" in res.output and "batch 2: app2" in res.output, res.output[-3000:]
-    # app1: api-1, api-2, worker, scheduler; app2: api-1, api-2, worker
-    assert "7 replica(s) in 2 batch(es)" in res.output
+    # app1: api-1, api-2, web, worker-1, worker-2, scheduler; app2: the same but the scheduler
+    assert "11 replica(s) in 2 batch(es)" in res.output
     # (the YAML callback folds long lines)
-    assert re.search(r"app2 worker\s+\S+\s+->\s+\S+/demo-api:1\.1\.0", res.output), res.output[-3000:]
+    for unit in ("web:8011", "worker-1", "worker-2"):
+        assert re.search(r"app2 %s\s+\S+\s+->\s+\S+/demo-api:1\.1\.0" % unit, res.output), res.output[-3000:]
     assert "app2 scheduler" not in res.output
     assert re.search(r"job migrate once on app1: migrate in api-1,\s+image\s+%s/demo-api:1\.1\.0"
                      % re.escape(registry()), res.output), res.output[-3000:]
@@ -62,11 +67,11 @@ def test_deploy_under_load(load):
     # placement: one scheduler for the environment, never a second one meanwhile
     assert demo_sql("SELECT DISTINCT node FROM scheduler_ticks WHERE ticked_at > now() - interval '15 minutes'") == [
         ["app1"]]
-    rid = run_id(res.output)
+    rid = RUNS["deploy 1.1.0"] = run_id(res.output)
     for host in APP_HOSTS:
         record = record_of(host, rid)
         assert record["outcome"] == "succeeded"
-        # the API's replicas behind nginx first, then the services without ports
+        # every published replica behind nginx first, then the services without ports
         assert [r["name"] for r in record["replicas"]] == REPLICAS + PORTLESS[host]
         assert [r["outcome"] for r in record["replicas"]] == ["replaced"] * len(REPLICAS + PORTLESS[host])
         assert all("@sha256:" in r["new_pinned"] for r in record["replicas"])
@@ -122,7 +127,8 @@ def test_rolling_restart_under_load(load):
 ])
 def test_broken_release_touches_only_the_canary(load, tag, why):
     app2_before = container_ids("app2")
-    res = Playbook("deploy.yml", {"keelson_deploy_image": "%s/demo-api:%s" % (registry(), tag)}).run()
+    res = Playbook("deploy.yml", {"keelson_deploy_image": "%s/demo-api:%s" % (registry(), tag),
+                                  "rollout_services": ["api"]}).run()
     finish_load(load)
     assert res.returncode != 0, res.output[-5000:]
     assert versions() == all_on("1.1.0")
@@ -141,9 +147,9 @@ def test_broken_release_touches_only_the_canary(load, tag, why):
 
 
 def test_broken_worker_rolls_the_whole_release_back(load):
-    """1.1.0-badworker: its API is fine, its worker exits. On the canary the API's replicas
-    go on it and pass; the worker fails its gate. The API goes back too, and app2 is never
-    touched."""
+    """1.1.0-badworker: its API and frontend are fine, its worker exits. On the canary the
+    published replicas go on it and pass; the first worker fails its gate. They go back too,
+    and app2 is never touched."""
     app2_before = container_ids("app2")
     res = Playbook("deploy.yml", {"app_version": "1.1.0-badworker"}).run()
     finish_load(load)
@@ -152,10 +158,11 @@ def test_broken_worker_rolls_the_whole_release_back(load):
     assert container_ids("app2") == app2_before, "app2 was touched"
     record = record_of("app1", run_id(res.output))
     assert record["outcome"] == "rolled_back", record
-    # the worker failed its gate and was restored; the API's replicas went back in the rollback
-    assert sorted(r["name"] for r in record["replicas"]) == ["api-1", "api-2", "worker"], record["replicas"]
-    assert [r["name"] for r in record["replicas"] if r["outcome"] == "restored"] == ["worker"], record["replicas"]
-    assert re.search(r"worker: new image \S+:1\.1\.0-badworker failed: .*(restarted|exit code 3)",
+    # the first worker failed its gate and was restored (the second was never touched); the
+    # published replicas went back in the rollback
+    assert sorted(r["name"] for r in record["replicas"]) == ["api-1", "api-2", "web", "worker-1"], record["replicas"]
+    assert [r["name"] for r in record["replicas"] if r["outcome"] == "restored"] == ["worker-1"], record["replicas"]
+    assert re.search(r"worker-1: new image \S+:1\.1\.0-badworker failed: .*(restarted|exit code 3)",
                      record["reason"]), record["reason"]
     no_backend_down()
 
@@ -212,8 +219,20 @@ def test_late_failure_rolls_every_host_back(load):
     no_backend_down()
 
 
+def test_releases_lists_each_run_with_its_outcome_and_images():
+    res = Playbook("releases.yml", {}).run()
+    assert res.returncode == 0, res.output[-3000:]
+    text = " ".join(res.output.split())  # the YAML callback folds long lines
+    assert re.search(r"%s deploy succeeded at \S+ by \S+ -> \S+/demo-api@sha256:[0-9a-f]{64}: api-1, api-2, "
+                     r"scheduler, web, worker-1, worker-2" % RUNS["deploy 1.1.0"], text), res.output[-3000:]
+    assert re.search(r"deploy rolled_back at \S+ by \S+ -> .*\(monitoring window", text), res.output[-3000:]
+    assert re.search(r"app1.*changed=0", res.output) and re.search(r"app2.*changed=0", res.output)
+
+
 def test_a_second_deploy_fails_fast_naming_the_holder():
-    first = Playbook("deploy.yml", {"app_version": "1.1.0"}).start()
+    """The first run returns to a named release (rollback.yml -e release=RUN: the deploy to
+    1.1.0), the second is refused by the lock."""
+    first = Playbook("rollback.yml", {"release": RUNS["deploy 1.1.0"]}).start()
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and first.poll() is None:
@@ -225,7 +244,7 @@ def test_a_second_deploy_fails_fast_naming_the_holder():
         second = Playbook("deploy.yml", {"app_version": "1.1.0"}).run()
         took = time.monotonic() - started
         assert second.returncode != 0
-        assert re.search(r"held by .*deploy", second.output), second.output[-3000:]
+        assert re.search(r"held by .*-rollback", second.output), second.output[-3000:]
         print("second deploy refused after %.1f s (whole ansible-playbook run)" % took)
         output, _ = first.communicate(timeout=900)
     finally:

@@ -156,7 +156,7 @@ def test_the_scheduler_runs_once_on_the_first_app_host():
     compose = {h: yaml.safe_load(on_host(h, "cat", "/opt/keelson/stacks/demo/compose.yaml"))["services"]
                for h in ("app1", "app2")}
     assert "scheduler" in compose["app1"] and "scheduler" not in compose["app2"], compose
-    assert {"api-1", "api-2", "worker"} <= set(compose["app2"])
+    assert {"api-1", "api-2", "web", "worker-1", "worker-2"} <= set(compose["app2"])
     running = {h: on_host(h, "docker", "ps", "-q", "--filter", "label=com.docker.compose.service=scheduler").split()
                for h in ("app1", "app2")}
     assert len(running["app1"]) == 1 and running["app2"] == [], running

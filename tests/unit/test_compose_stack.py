@@ -74,12 +74,14 @@ def test_every_replica_answers_on_the_service_name_on_each_of_its_networks():
     assert doc["services"]["frontend"]["networks"] == ["edge"]
 
 
-def test_replicas_without_ports_use_deploy_replicas():
+def test_replicas_without_ports_are_services_of_their_own_under_one_name():
     st = stack(services=[{"name": "worker", "image": "reg/w", "tag": "1", "replicas": 3}],
                volumes=[], jobs=[], secret_names=[])
     doc = cs.compose(st)
-    assert list(doc["services"]) == ["worker"]
-    assert doc["services"]["worker"]["deploy"]["replicas"] == 3
+    assert list(doc["services"]) == ["worker-1", "worker-2", "worker-3"]
+    assert doc["services"]["worker-2"]["networks"] == {"default": {"aliases": ["worker"]}}
+    assert "deploy" not in doc["services"]["worker-2"] and "ports" not in doc["services"]["worker-2"]
+    assert doc["services"]["worker-3"]["labels"]["keelson.stack.replica"] == "3"
 
 
 def test_render_limits_secrets_dependencies_and_escaping():
@@ -237,23 +239,22 @@ def test_job_service_and_health_report():
 
 
 def test_rollout_pins_stay_until_the_inventory_moves_on():
-    backends = {"api": [{"host": "10.0.0.21", "port": 8001, "replica": "api-1"},
-                        {"host": "10.0.0.21", "port": 8002, "replica": "api-2"}]}
+    st = stack()
     v10, v11, v12 = ({"id": "sha256:" + c * 64} for c in "abc")
     pins = {"api-1": {"image": "reg/demo-api@sha256:" + "1" * 64}, "api-2": {"image": "reg/demo-api@sha256:" + "1" * 64},
             "gone-1": {"image": "reg/old@sha256:" + "2" * 64}}
     pin_ids = {"reg/demo-api@sha256:" + "1" * 64: v11["id"]}
     kept_all = {"api-1": pins["api-1"], "api-2": pins["api-2"]}
     # deploy.yml put 1.1.0 on while the inventory still says 1.0.0, as at the last converge: kept
-    assert cs.rollout_pins_to_keep(pins, backends, {"api": v10}, {"api": v10}, pin_ids) == kept_all
+    assert cs.rollout_pins_to_keep(pins, st, {"api": v10}, {"api": v10}, pin_ids) == kept_all
     # the inventory now says 1.1.0 too: kept (they change nothing)
-    assert cs.rollout_pins_to_keep(pins, backends, {"api": v11}, {"api": v10}, pin_ids) == kept_all
+    assert cs.rollout_pins_to_keep(pins, st, {"api": v11}, {"api": v10}, pin_ids) == kept_all
     # the inventory moved on to 1.2.0: this converge is the deploy
-    assert cs.rollout_pins_to_keep(pins, backends, {"api": v12}, {"api": v10}, pin_ids) == {}
+    assert cs.rollout_pins_to_keep(pins, st, {"api": v12}, {"api": v10}, pin_ids) == {}
     # check mode before the pull (no image ID yet) changes nothing
-    assert cs.rollout_pins_to_keep(pins, backends, {"api": {"id": None}}, {}, pin_ids) == kept_all
+    assert cs.rollout_pins_to_keep(pins, st, {"api": {"id": None}}, {}, pin_ids) == kept_all
     # a pin whose image is gone from the host cannot match
-    assert cs.rollout_pins_to_keep(pins, backends, {"api": v12}, {"api": v10}, {}) == {}
+    assert cs.rollout_pins_to_keep(pins, st, {"api": v12}, {"api": v10}, {}) == {}
 
 
 def test_problems_lists_stack_and_secret_errors_unwrapped():
@@ -365,28 +366,39 @@ def test_bad_placement_is_refused_naming_the_service():
     cs.validate(with_service(st, "scheduler", depends_on={"api": "service_healthy"}))
 
 
-def test_a_deploy_rolls_the_published_replicas_then_every_port_less_service_placed_here():
-    st = seed_stack("app1")
-    st["services"][3]["stop_grace_period"] = "1m30s"
+def test_a_rollout_takes_every_published_replica_then_every_port_less_replica_placed_here():
+    st = with_service(seed_stack("app1"), "worker", replicas=2, stop_grace_period="1m30s")
     here = cs.backends(st, "10.0.0.21")
-    assert cs.rollout_units(st, here, "api") == [
-        {"service": "api-1", "port": 8001}, {"service": "api-2", "port": 8002},
-        {"service": "postgres"}, {"service": "worker", "stop_grace_period": 90}, {"service": "scheduler"}]
-    # the singleton is not on app2, the sidecar (published) is not the rolled service
-    assert [u["service"] for u in cs.rollout_units(seed_stack("app2"), cs.backends(seed_stack("app2"), "h"), "web")] == [
-        "web-1", "web-2", "postgres", "worker"]
-    with pytest.raises(ValueError, match="service worker publishes no ports on this host"):
-        cs.rollout_units(st, here, "worker")
+    assert cs.rollout_units(st, here) == [
+        {"service": "api-1", "upstream": "api", "port": 8001}, {"service": "api-2", "upstream": "api", "port": 8002},
+        {"service": "web-1", "upstream": "web", "port": 3000}, {"service": "web-2", "upstream": "web", "port": 3001},
+        {"service": "postgres"}, {"service": "worker-1", "stop_grace_period": 90},
+        {"service": "worker-2", "stop_grace_period": 90}, {"service": "scheduler"}]
+    # the singleton is not on app2, the sidecar (published, one replica) is
+    app2 = seed_stack("app2")
+    assert [(u["service"], u.get("upstream")) for u in cs.rollout_units(app2, cs.backends(app2, "h"))] == [
+        ("api-1", "api"), ("api-2", "api"), ("web-1", "web"), ("web-2", "web"), ("sidecar", "sidecar"),
+        ("postgres", None), ("worker", None)]
+    # narrowed to some services; one placed elsewhere has nothing here
+    assert [u["service"] for u in cs.rollout_units(st, here, ["worker", "web"])] == ["web-1", "web-2", "worker-1",
+                                                                                       "worker-2"]
+    assert cs.rollout_units(st, here, ["sidecar"]) == []
 
 
-def test_a_deploy_image_goes_to_the_rolled_service_alone():
+def test_a_deploy_image_goes_to_the_one_service_named():
     st = seed_stack("app1")
     here = cs.backends(st, "10.0.0.21")
-    assert cs.rollout_targets(st, here, "api") == {
-        "api-1": "reg:5000/demo-api:1.0.0", "api-2": "reg:5000/demo-api:1.0.0", "postgres": "reg:5000/demo-postgres:17",
-        "worker": "reg/demo-api:1.0.0", "scheduler": "reg/demo-api:1.0.0"}
-    forced = cs.rollout_targets(st, here, "api", "reg:5000/demo-api@" + DIGEST)
+    assert cs.rollout_targets(st, here) == {
+        "api-1": "reg:5000/demo-api:1.0.0", "api-2": "reg:5000/demo-api:1.0.0", "web-1": "reg/web:1",
+        "web-2": "reg/web:1", "postgres": "reg:5000/demo-postgres:17", "worker": "reg/demo-api:1.0.0",
+        "scheduler": "reg/demo-api:1.0.0"}
+    assert cs.rollout_targets(st, here, ["api", "worker"]) == {
+        "api-1": "reg:5000/demo-api:1.0.0", "api-2": "reg:5000/demo-api:1.0.0", "worker": "reg/demo-api:1.0.0"}
+    forced = cs.rollout_targets(st, here, ["api"], "reg:5000/demo-api@" + DIGEST)
     assert forced == {"api-1": "reg:5000/demo-api@" + DIGEST, "api-2": "reg:5000/demo-api@" + DIGEST}
+    for services in (None, ["api", "web"]):
+        with pytest.raises(ValueError, match="keelson_deploy_image deploys one image to one service"):
+            cs.rollout_targets(st, here, services, "reg:5000/demo-api@" + DIGEST)
 
 
 @pytest.mark.parametrize("value, seconds", [
@@ -396,19 +408,23 @@ def test_compose_durations_in_whole_seconds(value, seconds):
     assert cs.duration_seconds(value) == seconds
 
 
-def test_a_port_less_service_keeps_its_rollout_pin_like_a_replica():
-    worker_pin = {"worker": {"image": "reg/demo-api@sha256:" + "1" * 64}}
+def test_a_port_less_service_keeps_its_rollout_pins_like_a_replica():
+    st = seed_stack("app1")
+    pin = {"image": "reg/demo-api@sha256:" + "1" * 64}
     v10, v12 = {"id": "sha256:" + "a" * 64}, {"id": "sha256:" + "c" * 64}
     ids = {"reg/demo-api@sha256:" + "1" * 64: "sha256:" + "b" * 64}
-    assert cs.rollout_pins_to_keep(worker_pin, {}, {"worker": v10}, {"worker": v10}, ids) == worker_pin
-    assert cs.rollout_pins_to_keep(worker_pin, {}, {"worker": v12}, {"worker": v10}, ids) == {}
+    assert cs.rollout_pins_to_keep({"worker": pin}, st, {"worker": v10}, {"worker": v10}, ids) == {"worker": pin}
+    assert cs.rollout_pins_to_keep({"worker": pin}, st, {"worker": v12}, {"worker": v10}, ids) == {}
+    two = with_service(st, "worker", replicas=2)
+    pins = {"worker-1": pin, "worker-2": pin}
+    assert cs.rollout_pins_to_keep(pins, two, {"worker": v10}, {"worker": v10}, ids) == pins
 
 
 def test_the_release_jobs_run_once_on_the_first_host_their_service_is_on():
     hosts = []
     for name in ("app1", "app2"):
         st = seed_stack(name)
-        hosts.append({"host": name, "stack": st, "targets": cs.rollout_targets(st, cs.backends(st, name), "api")})
+        hosts.append({"host": name, "stack": st, "targets": cs.rollout_targets(st, cs.backends(st, name))})
     assert cs.rollout_jobs(hosts) == [
         {"name": "migrate", "host": "app1", "service": "api-1", "command": ["migrate"], "image": "reg:5000/demo-api:1.0.0"},
         {"name": "beat-schema", "host": "app1", "service": "scheduler", "command": ["beat", "--init"],
@@ -416,11 +432,11 @@ def test_the_release_jobs_run_once_on_the_first_host_their_service_is_on():
     # the scheduler placed on app2 only: its job runs there
     for entry in hosts:
         entry["stack"] = with_service(entry["stack"], "scheduler", placement=["app2"])
-        entry["targets"] = cs.rollout_targets(entry["stack"], cs.backends(entry["stack"], "h"), "api")
+        entry["targets"] = cs.rollout_targets(entry["stack"], cs.backends(entry["stack"], "h"))
     assert [(j["name"], j["host"]) for j in cs.rollout_jobs(hosts)] == [("migrate", "app1"), ("beat-schema", "app2")]
     # a one-off image for the API: the API's job runs on it, the scheduler's does not run
     for entry in hosts:
-        entry["targets"] = cs.rollout_targets(entry["stack"], cs.backends(entry["stack"], "h"), "api", "reg/x@" + DIGEST)
+        entry["targets"] = cs.rollout_targets(entry["stack"], cs.backends(entry["stack"], "h"), ["api"], "reg/x@" + DIGEST)
     assert [(j["name"], j["image"]) for j in cs.rollout_jobs(hosts)] == [("migrate", "reg/x@" + DIGEST)]
 
 

@@ -10,7 +10,8 @@ import pytest
 from ansible.utils.helpers import pct_to_int
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
     append_audit, finish_record, interrupted_records, last_good_release, load_record, load_records, new_record, plan_lines,
-    published_services, record_path, rollback_target, rollout_plan, rollout_settings_errors, save_replica_step,
+    record_path, release_history, release_lines, rollback_target, rollout_plan, rollout_settings_errors, run_of,
+    save_replica_step,
     serial_batches)
 
 OLD = "172.30.77.42:5000/demo-api@sha256:" + "a" * 64
@@ -104,6 +105,28 @@ def test_rollback_target_walks_back_through_the_deploys(tmp_path):
     assert rollback_target(records, both(NEW), service="worker") is None
     assert rollback_target([], both(NEW)) is None
     assert interrupted_records(records) == ["r6"] and interrupted_records(records, exclude_id="r6") == []
+
+
+def test_the_release_history_names_each_run_newest_first_with_what_it_left(tmp_path):
+    releases = str(tmp_path)
+    deploy = new_record("20270115T080000Z-deploy-app1.example.com", "shop", "api", "app1", "deploy", "ana",
+                        now=1800000000)
+    deploy["replicas"] = [step("api-1", "replaced"), step("api-2", "replaced"), step("worker-1", "replaced")]
+    finish_record(releases, deploy, "succeeded", now=1800000060)
+    bad = new_record("20270116T080000Z-deploy-app1.example.com", "shop", "api", "app1", "deploy", "bo", now=1800086400)
+    bad["replicas"] = [step("api-1", "restored")]
+    finish_record(releases, bad, "rolled_back", reason="api-1: new image failed", now=1800086460)
+    history = release_history(load_records(releases))
+    assert [(h["release"], h["outcome"]) for h in history] == [
+        ("20270116T080000Z-deploy", "rolled_back"), ("20270115T080000Z-deploy", "succeeded")]
+    assert history[1]["images"] == {"api-1": NEW, "api-2": NEW, "worker-1": NEW}
+    assert release_lines(history) == [
+        "20270116T080000Z-deploy deploy rolled_back at 2027-01-16T08:01:00Z by bo -> %s: api-1 "
+        "(api-1: new image failed)" % OLD,
+        "20270115T080000Z-deploy deploy succeeded at 2027-01-15T08:01:00Z by ana -> %s: api-1, api-2, worker-1" % NEW]
+    assert release_history(load_records(releases), limit=1)[0]["release"] == "20270116T080000Z-deploy"
+    assert run_of("20270115T080000Z-rollback-app1") == "20270115T080000Z-rollback"
+    assert run_of("converge-deploy") == "converge-deploy"
 
 
 def test_audit_lines(tmp_path):
@@ -243,32 +266,20 @@ STACK = [{"name": "web", "ports": [{"published": 3001, "target": 3000}]}, {"name
          {"name": "api", "ports": [{"published": 8001, "target": 8000}]}]
 
 
-def test_published_services_in_stack_order():
-    assert published_services(STACK) == ["web", "api"]
-    assert published_services([]) == [] and published_services(None) == []
-
-
 @pytest.mark.parametrize("serial", [[1, "50%"], [1], ["100%"], [2, "30%", 5], ["3"]])
 def test_rollout_settings_that_hold(serial):
-    assert rollout_settings_errors(STACK, "api", serial) == []
+    assert rollout_settings_errors(STACK, ["web", "worker", "api"], serial) == []
+    assert rollout_settings_errors(STACK, ["worker"], serial) == []
 
 
 def test_rollout_settings_errors_name_every_problem():
-    assert rollout_settings_errors(STACK, "worker", [1, 0, "0%", True, "half"]) == [
-        "rollout_service: worker publishes no ports, and a rollout rolls a published service "
-        "(services that publish ports: web, api)",
+    assert rollout_settings_errors(STACK, ["api", "apii", "wrker"], [1, 0, "0%", True, "half"]) == [
+        "rollout_services: apii, wrker are not services of compose_stack_services (web, worker, api)",
         "rollout_serial: every batch size must be a number of hosts or a percentage above 0, "
         "not 0, '0%', True, 'half'"]
-    assert rollout_settings_errors(STACK, "apii", []) == [
-        "rollout_service: apii is not a service of compose_stack_services (web, worker, api)",
+    assert rollout_settings_errors(STACK, ["apii"], []) == [
+        "rollout_services: apii is not a service of compose_stack_services (web, worker, api)",
         'rollout_serial: [] is not a non-empty list of batch sizes such as [1, "50%"]']
-    assert rollout_settings_errors([STACK[1]], "", "1") == [
-        "rollout_service: the stack has no service that publishes ports (services: worker)",
+    assert rollout_settings_errors([], [], "1") == [
+        "rollout_services: [] names no service (services: none)",
         "rollout_serial: '1' is not a non-empty list of batch sizes such as [1, \"50%\"]"]
-
-
-def test_the_rolled_service_must_run_on_every_app_host():
-    placed = [dict(s, placement=["app1"]) if s["name"] == "api" else s for s in STACK]
-    assert rollout_settings_errors(placed, "api", [1, "50%"]) == [
-        "rollout_service: api has a placement, and a rollout rolls a service that runs on every app host"]
-    assert rollout_settings_errors(placed, "web", [1, "50%"]) == []

@@ -14,6 +14,8 @@
 API: GET /health (liveness), GET /ready (PostgreSQL, Redis, RabbitMQ reachable),
 GET /version, POST /items {"name": ...}, GET /items/<id>, GET /events/<id>
 (has the worker processed the item's event), GET /stats, GET /slow?ms=N.
+As the lab's frontend (`web`), GET /web/ calls the API by its Compose name
+(DEMO_API_URL, http://api:8000 by default) and answers both versions.
 
 Dependencies are optional: only the ones configured (DEMO_DATABASE_URL,
 DEMO_REDIS_URL, DEMO_AMQP_URL) are used and checked by /ready.
@@ -31,6 +33,7 @@ container (`docker exec ... touch /tmp/demo-fail`): a release that goes bad late
 """
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -48,6 +51,7 @@ DATABASE_URL = os.environ.get("DEMO_DATABASE_URL", "")
 REDIS_URL = os.environ.get("DEMO_REDIS_URL", "")
 AMQP_URL = os.environ.get("DEMO_AMQP_URL", "")
 QUEUE = os.environ.get("DEMO_QUEUE", "demo.items")
+API_URL = os.environ.get("DEMO_API_URL", "http://api:8000")
 HOSTNAME = socket.gethostname()
 CONNECT_TIMEOUT = 3
 
@@ -203,6 +207,8 @@ class Server(ThreadingHTTPServer):
     def close_idle(self):
         with self.idle_lock:
             for sock in list(self.idle):
+                if select.select([sock], [], [], 0)[0]:
+                    continue  # its next request has arrived: it is served, then closed
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -218,16 +224,21 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def handle_one_request(self):
-        with self.server.idle_lock:
-            self.server.idle.add(self.connection)
+        # idle: a kept-alive connection waiting for its next request (a new one's first
+        # request is on its way, and closing it would drop that request)
+        idle = getattr(self, "served", False)
+        if idle:
+            with self.server.idle_lock:
+                self.server.idle.add(self.connection)
         try:
             self.raw_requestline = self.rfile.readline(65537)
         except OSError:
             self.close_connection = True
             return
         finally:
-            with self.server.idle_lock:
-                self.server.idle.discard(self.connection)
+            if idle:
+                with self.server.idle_lock:
+                    self.server.idle.discard(self.connection)
         if not self.raw_requestline or not self.parse_request():
             self.close_connection = True
             return
@@ -237,6 +248,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         method()
         self.wfile.flush()
+        self.served = True
         if self.server.stopping:
             self.close_connection = True
 
@@ -290,6 +302,10 @@ class Handler(BaseHTTPRequestHandler):
                     self.reply(404, {"error": "not processed yet"})
             elif url.path == "/stats":
                 self.stats()
+            elif url.path in ("/web", "/web/"):
+                with urllib.request.urlopen(API_URL + "/version", timeout=CONNECT_TIMEOUT) as resp:
+                    api = json.loads(resp.read())
+                self.reply(200, {"web": VERSION, "host": HOSTNAME, "api": api})
             else:
                 self.reply(404, {"error": "not found"})
         except Exception as exc:
@@ -366,6 +382,11 @@ def serve():
         log(f"fail mode 'exit': exiting in {delay}s")
     log(f"version {VERSION} listening on :{PORT} (mode {FAIL_MODE or 'normal'})")
     server.serve_forever(poll_interval=0.2)
+    # Other services reach this one by its Compose name, which lists it until it has
+    # exited: connections already queued are served, then the listener closes, so the
+    # next ones are refused and a client goes on to the name's next address.
+    while select.select([server.socket], [], [], 0)[0]:
+        server._handle_request_noblock()
     server.close_idle()
     server.server_close()  # joins the request threads: in-flight requests complete
     log("stopped")
