@@ -231,11 +231,11 @@ def tool_version(conn, tool):
     return match.group(1) if match else out.strip()
 
 
-def choose_compression(conn, database, method, level=None, version=None):
+def choose_compression(conn, database, method, level, version):
     """(method, pg_dump arguments). 'auto' means zstd when this pg_dump supports
     it (PostgreSQL 16+ built with zstd), gzip otherwise. pg_dump before 16 only
-    knows gzip levels (-Z N). `version`: pg_dump's, when the caller has it."""
-    major = int((version or tool_version(conn, "pg_dump")).split(".")[0])
+    knows gzip levels (-Z N). `version`: pg_dump's (tool_version)."""
+    major = int(version.split(".")[0])
     if method == "auto":
         method = "gzip"
         if major >= 16:
