@@ -98,14 +98,16 @@ def rollout_plan(current, hosts, replicas, action, image=None, digest=None, seri
 def rollout_monitor_probes(hosts, health_path="/health"):
     """HTTP probes of every replica of the given app hosts (their hostvars, with
     keelson_rollout_replicas and keelson_rollout_address as the rollout playbook sets
-    them), as M(keelson.stack.health_gate) takes them: the monitoring window."""
+    them), as M(keelson.stack.health_gate) takes them: the monitoring window. A replica's
+    own health_path (its service's) wins over `health_path`."""
     probes = []
     for host in hosts:
         for replica in host["keelson_rollout_replicas"]:
             if not replica.get("port"):
                 continue  # a worker: its gate was Docker's, it has no health path
+            path = replica.get("health_path") or health_path
             probes.append({"type": "http", "name": "%s %s" % (host["inventory_hostname"], replica["service"]),
-                           "url": "http://%s:%d%s" % (host["keelson_rollout_address"], replica["port"], health_path)})
+                           "url": "http://%s:%d%s" % (host["keelson_rollout_address"], replica["port"], path)})
     return probes
 
 

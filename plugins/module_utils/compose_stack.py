@@ -168,6 +168,12 @@ def validate(stack):
             errors.append("%s: cpus must be greater than 0" % where)
         if svc.get("memory") and not MEMORY_RE.match(str(svc["memory"])):
             errors.append("%s: memory %r is not a size such as 256m or 1g" % (where, svc["memory"]))
+        if svc.get("health_path") is not None:
+            if not str(svc["health_path"]).startswith("/"):
+                errors.append("%s: health_path %r must start with /" % (where, svc["health_path"]))
+            if not svc.get("ports"):
+                errors.append("%s: health_path is probed on a published port, and this service publishes none "
+                              "(a service without ports is gated on its Docker healthcheck)" % where)
 
         for compose_name in replica_names(svc):
             if compose_name in seen_compose and seen_compose[compose_name] != name:
@@ -379,14 +385,18 @@ def rollout_units(stack, backends_here, services=None):
     replicas of every published service (each one nginx backend of the upstream named
     after its service), then the replicas of every service that publishes no port
     (workers, schedulers), each stopped with its service's ``stop_grace_period`` when it
-    has one. Services placed elsewhere are not here; ``services`` (names) keeps only those.
-    [{service, upstream?, port?, stop_grace_period?}], as compose_rollout's ``replicas``
+    has one. A published service's ``health_path``, when it sets one, goes with its units.
+    Services placed elsewhere are not here; ``services`` (names) keeps only those.
+    [{service, upstream?, port?, health_path?, stop_grace_period?}], as compose_rollout's ``replicas``
     takes them (``service`` is the replica's Compose service)."""
     chosen = [svc for svc in for_host(stack)["services"] if services is None or svc["name"] in services]
     units = []
     for svc in [s for s in chosen if s["name"] in (backends_here or {})]:
-        units.extend({"service": b["replica"], "upstream": svc["name"], "port": b["port"]}
-                     for b in backends_here[svc["name"]])
+        for b in backends_here[svc["name"]]:
+            unit = {"service": b["replica"], "upstream": svc["name"], "port": b["port"]}
+            if svc.get("health_path"):
+                unit["health_path"] = svc["health_path"]
+            units.append(unit)
     for svc in [s for s in chosen if s["name"] not in (backends_here or {})]:
         grace = duration_seconds(svc.get("stop_grace_period"))
         for name in replica_names(svc):

@@ -80,6 +80,9 @@ options:
       stop_grace_period:
         description: Seconds between the stop signal and SIGKILL for this replica, instead of O(stop_grace_period).
         type: int
+      health_path:
+        description: Path the gate probes on this replica's port, instead of O(health_path).
+        type: str
       upstream:
         description:
           - The nginx upstream the replica's backend is a server of (the caller drains it there). The module does not
@@ -340,7 +343,7 @@ def main():
             action=dict(type="str", choices=["status", "deploy", "restart", "finish", "job"], default="status"),
             replicas=dict(type="list", elements="dict", required=True, options=dict(
                 service=dict(type="str", required=True), port=dict(type="int"),
-                stop_grace_period=dict(type="int"), upstream=dict(type="str"))),
+                stop_grace_period=dict(type="int"), health_path=dict(type="str"), upstream=dict(type="str"))),
             replica=dict(type="str"),
             job=dict(type="str"),
             command=dict(type="list", elements="str"),
@@ -395,6 +398,7 @@ def main():
         module.fail_json(msg=missing_required_lib("docker"))
     ports = dict((r["service"], r["port"]) for r in p["replicas"])
     graces = dict((r["service"], r["stop_grace_period"]) for r in p["replicas"] if r["stop_grace_period"] is not None)
+    health_paths = dict((r["service"], r["health_path"]) for r in p["replicas"] if r["health_path"])
     compose = ComposeProject(p["project_dir"], project_name, p["compose_files"], module.run_command,
                              docker.from_env())
 
@@ -447,7 +451,7 @@ def main():
 
     gate = {"consecutive": p["gate_consecutive"], "interval": p["gate_interval"], "timeout": p["gate_timeout"],
             "stable_seconds": p["gate_stable_seconds"],
-            "health_path": p["health_path"], "health_address": p["health_address"], "status": p["health_status"],
+            "health_path": health_paths.get(p["replica"], p["health_path"]), "health_address": p["health_address"], "status": p["health_status"],
             "extra_probes": p["extra_probes"]}
     try:
         step = replace_replica(compose, p["replica"], ports[p["replica"]], target, gate,

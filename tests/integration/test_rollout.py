@@ -75,6 +75,12 @@ def test_deploy_under_load(load):
         assert [r["name"] for r in record["replicas"]] == REPLICAS + PORTLESS[host]
         assert [r["outcome"] for r in record["replicas"]] == ["replaced"] * len(REPLICAS + PORTLESS[host])
         assert all("@sha256:" in r["new_pinned"] for r in record["replicas"])
+        # each published replica was gated on its own service's health path (web sets /livez)
+        for r in record["replicas"]:
+            if r.get("port"):
+                path = "/livez" if r["name"].startswith("web") else "/health"
+                http = [p["name"] for p in r["gate"]["probes"] if p["name"].startswith("http ")]
+                assert len(http) == 1 and http[0].endswith(":%d%s" % (r["port"], path)), r
         assert json.loads(on(host, "tail", "-n1", PROJECT_DIR + "/audit.log"))["record"] == record["id"]
     audit = json.loads(AUDIT.read_text().splitlines()[-1])
     assert audit["run"] == rid and audit["outcome"] == "succeeded" and audit["hosts"] == APP_HOSTS

@@ -385,6 +385,18 @@ def test_a_rollout_takes_every_published_replica_then_every_port_less_replica_pl
     assert cs.rollout_units(st, here, ["sidecar"]) == []
 
 
+def test_a_service_health_path_goes_with_its_units_and_is_checked():
+    st = with_service(seed_stack("app1"), "web", health_path="/healthz")
+    units = cs.rollout_units(st, cs.backends(st, "10.0.0.21"), ["web", "api"])
+    assert [(u["service"], u.get("health_path")) for u in units] == [
+        ("api-1", None), ("api-2", None), ("web-1", "/healthz"), ("web-2", "/healthz")]
+    assert errors_of(with_service(seed_stack("app1"), "web", health_path="healthz")) == [
+        "service 'web': health_path 'healthz' must start with /"]
+    assert errors_of(with_service(seed_stack("app1"), "worker", health_path="/health")) == [
+        "service 'worker': health_path is probed on a published port, and this service publishes none "
+        "(a service without ports is gated on its Docker healthcheck)"]
+
+
 def test_a_deploy_image_goes_to_the_one_service_named():
     st = seed_stack("app1")
     here = cs.backends(st, "10.0.0.21")

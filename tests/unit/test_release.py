@@ -283,3 +283,13 @@ def test_rollout_settings_errors_name_every_problem():
     assert rollout_settings_errors([], [], "1") == [
         "rollout_services: [] names no service (services: none)",
         "rollout_serial: '1' is not a non-empty list of batch sizes such as [1, \"50%\"]"]
+
+
+def test_the_monitoring_window_probes_each_published_replica_at_its_service_health_path():
+    from ansible_collections.keelson.stack.plugins.filter.rollout_plan import rollout_monitor_probes
+    host = {"inventory_hostname": "app1", "keelson_rollout_address": "10.0.0.21", "keelson_rollout_replicas": [
+        {"service": "api-1", "upstream": "api", "port": 8001},
+        {"service": "web-1", "upstream": "web", "port": 3000, "health_path": "/healthz"},
+        {"service": "worker"}]}
+    assert [(p["name"], p["url"]) for p in rollout_monitor_probes([host], "/health")] == [
+        ("app1 api-1", "http://10.0.0.21:8001/health"), ("app1 web-1", "http://10.0.0.21:3000/healthz")]
