@@ -451,8 +451,8 @@ def main():
 
     gate = {"consecutive": p["gate_consecutive"], "interval": p["gate_interval"], "timeout": p["gate_timeout"],
             "stable_seconds": p["gate_stable_seconds"],
-            "health_path": health_paths.get(p["replica"], p["health_path"]), "health_address": p["health_address"], "status": p["health_status"],
-            "extra_probes": p["extra_probes"]}
+            "health_path": health_paths.get(p["replica"], p["health_path"]), "health_address": p["health_address"],
+            "status": p["health_status"], "extra_probes": p["extra_probes"]}
     try:
         step = replace_replica(compose, p["replica"], ports[p["replica"]], target, gate,
                                grace=graces.get(p["replica"], p["stop_grace_period"]), pull=p["pull"], save=save)

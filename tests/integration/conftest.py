@@ -77,9 +77,7 @@ class Lab:
     def host_path(self, path):
         """The db host's `path` as seen from the controller (through its init's /proc root):
         a test can poll it in a tight loop without a docker exec per look."""
-        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.db_container], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        return "/proc/%s/root%s" % (pid, path)
+        return "/proc/%s/root%s" % (container_pid(self.db_container), path)
 
     def lock_is_free(self, database):
         return self.sh("flock -n /run/lock/keelson-backup/%s.lock true" % database, check=False).returncode == 0
@@ -136,6 +134,13 @@ class Lab:
         return res
 
 
+def container_pid(container):
+    """The host pid of `container`'s init: its /proc entry reaches the container's
+    root, namespaces and processes from the controller."""
+    return subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", container], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 class S3Stall(object):
     """The lab's S3 server stops answering: in its container's network namespace,
     every TCP segment it sends from the endpoint's port that carries data is dropped. Clients
@@ -155,9 +160,8 @@ class S3Stall(object):
                      "--tcp-flags", "SYN", "NONE", "-m", "length", "--length", "53:65535", "-j", "DROP"]
 
     def iptables(self, action):
-        pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.container], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        subprocess.run(["nsenter", "-t", pid, "-n", "iptables", "-w", action] + self.rule, check=True)
+        subprocess.run(["nsenter", "-t", container_pid(self.container), "-n", "iptables", "-w", action] + self.rule,
+                       check=True)
 
     def __enter__(self):
         self.iptables("-I")

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import KNOWN_TABLES
+from conftest import KNOWN_TABLES, container_pid
 from test_backup_stream_s3 import assert_upload_gone
 
 SUMMARY = re.compile(r"keelson-(backup|restore|verify) \S+/(\S+) (OK|FAILED): (.*)")
@@ -572,16 +572,15 @@ def restore_processes(container):
     """Host pids of the `pg_restore -j` runs in `container` (the restore itself,
     not its `pg_restore -l` check), found through the host's /proc so that a test
     can act on one within milliseconds of its start."""
-    init = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", container], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    namespace = os.readlink("/proc/%s/ns/pid" % init)
+    namespace = os.readlink("/proc/%s/ns/pid" % container_pid(container))
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             argv = open("/proc/%s/cmdline" % entry, "rb").read().split(b"\0")
-            if os.path.basename(argv[0]) == b"pg_restore" and argv[1:2] == [b"-j"] and os.readlink("/proc/%s/ns/pid" % entry) == namespace:
+            restore = os.path.basename(argv[0]) == b"pg_restore" and argv[1:2] == [b"-j"]
+            if restore and os.readlink("/proc/%s/ns/pid" % entry) == namespace:
                 pids.append(int(entry))
         except OSError:  # exited in between
             pass
