@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".cache" / "molecule-logs"
-ORDER = ["base", "nginx", "docker", "compose_stack", "rabbitmq", "rollout_modules", "postgresql", "redis",
+ORDER = ["base", "nginx", "docker", "compose_stack", "rabbitmq", "rollout_modules", "postgresql", "prometheus", "redis",
          "backup", "smoke"]
 
 
