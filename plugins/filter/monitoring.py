@@ -12,12 +12,15 @@ name: exporter_port
 short_description: The port of one of the collection's exporters
 version_added: 0.1.0
 description:
-  - The ports are fixed by the collection (C(node) 9100, C(postgres) 9187, C(redis) 9121, C(rabbitmq) 15692,
-    C(nginx) 9113, C(edge) 9145, C(docker) 9323).
-  - Companion filters in this file are C(host_exporters) (the exporters a host runs by its groups and the
-    data services it has switched on, as C([{name, port}]): what the monitoring role installs and the base
-    role's firewall opens to the monitor hosts) and C(scrape_targets) (Prometheus jobs from the inventory,
-    each target labelled with C(host), C(group) and C(environment)).
+  - The ports are fixed by the collection. C(node) 9100 on every host; C(postgres) 9187, C(redis) 9121 and
+    C(rabbitmq) 15692 on db hosts; C(nginx) 9113 and C(edge) 9145 on lb hosts; C(docker) 9323 and
+    C(containers) 9417 on app hosts.
+  - Companion filters in this file are C(host_exporters) and C(scrape_targets).
+  - C(host_exporters) gives the exporters a host runs by its groups and the data services it has switched
+    on, as a list of C({name, port}). The monitoring role installs them and the base role's firewall opens
+    them to the monitor hosts.
+  - C(scrape_targets) gives the Prometheus jobs of the inventory, each target labelled with C(host),
+    C(group) and C(environment).
 options:
   _input:
     description: The exporter's name.

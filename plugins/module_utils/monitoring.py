@@ -20,6 +20,7 @@ EXPORTER_PORTS = {
     "nginx": 9113,
     "edge": 9145,
     "docker": 9323,
+    "containers": 9417,
 }
 
 # exporter, the collection group whose hosts run it (None: every host), the host's switch for the
@@ -32,6 +33,7 @@ EXPORTERS = (
     ("nginx", "lb", None),
     ("edge", "lb", None),
     ("docker", "app", None),
+    ("containers", "app", None),
 )
 
 # The collection's groups, each named by a keelson_*_group variable (group_vars/all/main.yml).

@@ -27,7 +27,7 @@ def names(host, hv, groups=GROUPS):
 def test_each_group_runs_its_exporters():
     hv = hostvars()
     assert names("lb1", hv) == ["node", "nginx", "edge"]
-    assert names("app1", hv) == ["node", "docker"]
+    assert names("app1", hv) == ["node", "docker", "containers"]
     assert names("db1", hv) == ["node", "postgres", "redis", "rabbitmq"]
     assert names("mon1", hv) == ["node"]
     assert host_exporters("db1", hv["db1"], GROUPS)[1] == {"name": "postgres", "port": 9187}
@@ -48,23 +48,27 @@ def test_monitoring_off_on_a_host_runs_nothing_and_scrapes_nothing():
 
 
 def test_renamed_groups_are_followed():
-    groups = {"all": ["edge-a", "web-a", "pg-a"], "edge": ["edge-a"], "web": ["web-a"], "pg": ["pg-a"]}
+    groups = {"all": ["edge-a", "web-a", "pg-a", "ops-a"], "edge": ["edge-a"], "web": ["web-a"], "pg": ["pg-a"]}
     renamed = {"keelson_lb_group": "edge", "keelson_app_group": "web", "keelson_db_group": "pg"}
     hv = {h: dict(renamed, keelson_private_address="10.0.0.%d" % i, keelson_environment="prod")
           for i, h in enumerate(groups["all"], 1)}
     assert names("edge-a", hv, groups) == ["node", "nginx", "edge"]
-    assert names("web-a", hv, groups) == ["node", "docker"]
+    assert names("web-a", hv, groups) == ["node", "docker", "containers"]
     assert names("pg-a", hv, groups) == ["node", "postgres", "redis", "rabbitmq"]
+    # a host in none of the collection's groups runs node_exporter and is scraped as "other"
+    assert names("ops-a", hv, groups) == ["node"]
+    assert [t["labels"]["group"] for t in scrape_targets(hv, groups)[0]["targets"]] == ["lb", "app", "db", "other"]
 
 
 def test_scrape_targets_are_labelled_with_host_group_and_environment():
     jobs = scrape_targets(hostvars(), GROUPS)
-    assert [job["job"] for job in jobs] == ["node", "postgres", "redis", "rabbitmq", "nginx", "edge", "docker"]
+    assert [job["job"] for job in jobs] == ["node", "postgres", "redis", "rabbitmq", "nginx", "edge", "docker",
+                                            "containers"]
     node = jobs[0]["targets"]
     assert [t["address"] for t in node] == ["10.20.0.11:9100", "10.20.0.21:9100", "10.20.0.22:9100",
                                             "10.20.0.31:9100", "10.20.0.51:9100"]
     assert [t["labels"]["group"] for t in node] == ["lb", "app", "app", "db", "monitor"]
-    assert jobs[-1]["targets"][1] == {"address": "10.20.0.22:9323",
+    assert jobs[-2]["targets"][1] == {"address": "10.20.0.22:9323",
                                       "labels": {"host": "app2", "group": "app", "environment": "staging"}}
 
 
@@ -82,7 +86,7 @@ def test_a_host_without_an_address_is_a_clear_error():
 
 
 def test_ports():
-    assert [exporter_port(n) for n in ("node", "postgres", "redis", "rabbitmq", "nginx", "edge", "docker")] == [
-        9100, 9187, 9121, 15692, 9113, 9145, 9323]
+    assert [exporter_port(n) for n in ("node", "postgres", "redis", "rabbitmq", "nginx", "edge", "docker",
+                                       "containers")] == [9100, 9187, 9121, 15692, 9113, 9145, 9323, 9417]
     with pytest.raises(AnsibleFilterError, match="unknown exporter 'mysql'"):
         exporter_port("mysql")
