@@ -25,7 +25,7 @@ def test_the_example_passes_every_check_and_its_tags_follow_app_version():
     # the play asserts every tag == app_version (a literal tag would fail here)
     rc, out = validate(STAGING, "-e", "app_version=2.5.0")
     assert rc == 0, out[-6000:]
-    for host in ("lb1", "app1", "app2", "db1"):
+    for host in ("lb1", "app1", "app2", "db1", "mon1"):
         assert f"{host}.staging.example.com" in out
     # the inventory's rollout settings, not a play's: what deploy.yml would roll per host, the
     # port-less services included (the scheduler is placed on the first app host only)
