@@ -448,6 +448,8 @@ LAB_SECRETS = {
     "redis_admin_password": lambda: secrets.token_urlsafe(24),
     "erlang_cookie": lambda: secrets.token_hex(20).upper(),
     "basic_auth_password": lambda: secrets.token_urlsafe(18),
+    "postgresql_exporter_password": lambda: secrets.token_urlsafe(24),
+    "redis_exporter_password": lambda: secrets.token_urlsafe(24),
 }
 
 

@@ -62,15 +62,16 @@ def test_passwords_are_stored_as_scram(host):
     assert stored.splitlines() == ["app SCRAM-SHA-256", "reporting SCRAM-SHA-256"]
 
 
-def test_hba_admits_postgres_by_peer_and_the_app_host_by_scram_only(host, peer):
+def test_hba_admits_postgres_by_peer_the_exporter_on_loopback_and_the_app_host_by_scram_only(host, peer):
     app_address = peer(APP).ansible("setup", "filter=ansible_default_ipv4")[
         "ansible_facts"]["ansible_default_ipv4"]["address"]
-    rules = sql(host, "SELECT type, array_to_string(user_name, ','), coalesce(address, ''), "
-                      "coalesce(netmask, ''), auth_method, coalesce(error, '') "
+    rules = sql(host, "SELECT type, array_to_string(database, ','), array_to_string(user_name, ','), "
+                      "coalesce(address, ''), coalesce(netmask, ''), auth_method, coalesce(error, '') "
                       "FROM pg_hba_file_rules ORDER BY line_number")
     assert rules.splitlines() == [
-        "local|postgres|||peer|",
-        f"host|all|{app_address}|255.255.255.255|scram-sha-256|",
+        "local|all|postgres|||peer|",
+        "host|postgres|keelson_exporter|127.0.0.1|255.255.255.255|scram-sha-256|",
+        f"host|all|all|{app_address}|255.255.255.255|scram-sha-256|",
     ]
     hba = host.file(f"/etc/postgresql/{sql(host, 'SHOW server_version_num')[:2]}/main/pg_hba.conf")
     assert hba.user == "postgres" and hba.mode == 0o640
@@ -128,3 +129,67 @@ def test_database_owned_by_app_and_closed_to_public(host, peer, address, passwor
                 query="SELECT has_schema_privilege('jobs', 'USAGE')")
     assert res.rc == 0, res.stderr
     assert res.stdout.strip() == "t"
+
+
+# The PostgreSQL exporter (keelson.stack.monitoring) and its login (this role's).
+MONITOR = OUTSIDER
+EXPORTER = "keelson_exporter"
+
+
+def metrics(client, address, port):
+    """The exporter's /metrics as `client` reads it over the network."""
+    res = client.run("python3 -c %s", "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+                     f"'http://{address}:{port}/metrics', timeout=20).read().decode())")
+    assert res.rc == 0, res.stderr
+    return res.stdout
+
+
+def exporter_password(host):
+    return host.ansible.get_variables()["postgresql_exporter_password"]
+
+
+def test_exporter_runs_and_listens_on_the_private_address_only(host, address):
+    service = host.service("prometheus-postgres-exporter")
+    assert service.is_running and service.is_enabled
+    assert host.socket(f"tcp://{address}:9187").is_listening
+    for other in ("0.0.0.0", "127.0.0.1", "::"):
+        assert not host.socket(f"tcp://{other}:9187").is_listening
+
+
+def test_monitor_host_reads_pg_up_and_the_metrics_the_alerts_use(peer, address):
+    lines = metrics(peer(MONITOR), address, 9187).splitlines()
+    assert "pg_up 1" in lines
+    assert "pg_exporter_last_scrape_error 0" in lines
+    assert any(line.startswith("pg_stat_activity_count{") for line in lines)
+    assert any(line.startswith("pg_settings_max_connections{") and line.endswith(" 100") for line in lines)
+
+
+def test_exporter_logs_in_from_loopback_as_a_pg_monitor_member_and_nothing_more(host, peer, address):
+    metrics(peer(MONITOR), address, 9187)  # a scrape keeps its connection open
+    assert sql(host, "SELECT DISTINCT client_addr FROM pg_stat_activity "
+                     f"WHERE usename = '{EXPORTER}'") == "127.0.0.1"
+    assert sql(host, "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, "
+                     f"left(rolpassword, 13) FROM pg_authid WHERE rolname = '{EXPORTER}'") \
+        == "t|f|f|f|f|f|SCRAM-SHA-256"
+    assert sql(host, "SELECT string_agg(g.rolname, ',') FROM pg_auth_members m "
+                     "JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member "
+                     f"WHERE r.rolname = '{EXPORTER}'") == "pg_monitor"
+
+
+def test_exporter_login_is_refused_over_the_network(host, address):
+    password = exporter_password(host).replace("\\", "\\\\").replace(":", "\\:")
+    res = login(host, address, EXPORTER, password, database="postgres")
+    assert res.rc != 0
+    assert f'no pg_hba.conf entry for host "{address}", user "{EXPORTER}"' in res.stderr
+
+
+def test_exporter_password_is_in_no_command_line_log_or_readable_file(host):
+    password = exporter_password(host)
+    assert password not in host.check_output("ps -eo args")
+    assert password not in host.check_output("systemctl cat prometheus-postgres-exporter")
+    invocation = host.check_output("systemctl show -p InvocationID --value prometheus-postgres-exporter")
+    log = host.check_output(f"journalctl -o cat _SYSTEMD_INVOCATION_ID={invocation}")
+    assert password not in log
+    assert "level=error" not in log.lower(), log
+    settings = host.file("/etc/default/prometheus-postgres-exporter")
+    assert (settings.user, settings.group, settings.mode) == ("root", "root", 0o600)

@@ -108,3 +108,24 @@ def test_wrong_password_is_refused(host, address):
 
 def test_guest_is_refused(host, address):
     assert amqp(host, address, "guest", "guest", vhost="/") == {"outcome": "refused"}
+
+
+# RabbitMQ's Prometheus plugin, enabled by this role where keelson.stack.monitoring runs the exporters.
+def test_prometheus_plugin_is_enabled_beside_management(host):
+    enabled = host.check_output("rabbitmq-plugins -q list --enabled --minimal").split()
+    assert {"rabbitmq_management", "rabbitmq_prometheus"} <= set(enabled)
+
+
+def test_prometheus_metrics_listen_on_the_private_address_only(host, address):
+    assert host.socket(f"tcp://{address}:15692").is_listening
+    for other in ("0.0.0.0", "127.0.0.1", "::"):
+        assert not host.socket(f"tcp://{other}:15692").is_listening
+
+
+def test_prometheus_metrics_serve_the_aggregated_queue_metrics(host, address):
+    res = host.run("python3 -c %s", "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+                   f"'http://{address}:15692/metrics', timeout=20).read().decode())")
+    assert res.rc == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert any(line.startswith("rabbitmq_queue_messages_ready ") for line in lines)
+    assert any(line.startswith("rabbitmq_identity_info{") for line in lines)

@@ -96,3 +96,66 @@ def test_files_are_private_to_redis_and_hold_no_plaintext_password(host):
     # Commands are withheld by ACL category, never renamed.
     assert not re.search(r"^\s*rename-command", host.file("/etc/redis/redis.conf").content_string,
                          re.MULTILINE)
+
+
+# The Redis exporter (keelson.stack.monitoring) and its user (this role's).
+EXPORTER = "keelson-exporter"
+
+
+def exporter(host):
+    return {"user": EXPORTER, "password": variables(host)["redis_exporter_password"]}
+
+
+def private_address(host):
+    return host.ansible("setup", "filter=ansible_default_ipv4")["ansible_facts"]["ansible_default_ipv4"]["address"]
+
+
+def metrics(host):
+    res = host.run("python3 -c %s", "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+                   f"'http://{private_address(host)}:9121/metrics', timeout=20).read().decode())")
+    assert res.rc == 0, res.stderr
+    return res.stdout.splitlines()
+
+
+def test_exporter_runs_and_listens_on_the_private_address_only(host):
+    service = host.service("prometheus-redis-exporter")
+    assert service.is_running and service.is_enabled
+    assert host.socket(f"tcp://{private_address(host)}:9121").is_listening
+    for other in ("0.0.0.0", "127.0.0.1", "::"):
+        assert not host.socket(f"tcp://{other}:9121").is_listening
+
+
+def test_exporter_scrapes_redis_with_its_user_and_no_permission_error(host):
+    assert cli(host, "ACL", "LOG", "RESET", **admin(host)) == "OK"
+    assert cli(host, "CONFIG", "RESETSTAT", **admin(host)) == "OK"
+    metrics(host)
+    lines = metrics(host)
+    assert "redis_up 1" in lines
+    assert 'redis_exporter_last_scrape_error{err=""} 0' in lines
+    assert any(line.startswith("redis_memory_used_bytes ") for line in lines)
+    max_bytes = [float(line.split()[1]) for line in lines if line.startswith("redis_memory_max_bytes ")]
+    assert max_bytes == [64 * 1024 * 1024]
+    # every command of both scrapes was allowed and known: no ACL denial, no error reply at all
+    assert cli(host, "ACL", "LOG", **admin(host)) == ""
+    assert cli(host, "INFO", "errorstats", **admin(host)).splitlines() == ["# Errorstats"]
+
+
+def test_exporter_user_reads_no_key_and_runs_no_other_command(host):
+    assert cli(host, "INFO", "memory", **exporter(host)).startswith("# Memory")
+    for command in (["GET", "keelson:probe"], ["SET", "keelson:probe", "0"], ["KEYS", "*"],
+                    ["CONFIG", "SET", "maxmemory", "0"], ["ACL", "LIST"], ["FLUSHALL"]):
+        assert cli(host, *command, **exporter(host)).startswith("NOPERM"), command
+    assert cli(host, "GET", "keelson:probe", **app(host)) == "42"
+
+
+def test_exporter_password_is_in_no_command_line_log_or_readable_file(host):
+    password = exporter(host)["password"]
+    assert password not in host.check_output("ps -eo args")
+    assert password not in host.check_output("systemctl cat prometheus-redis-exporter")
+    invocation = host.check_output("systemctl show -p InvocationID --value prometheus-redis-exporter")
+    log = host.check_output(f"journalctl -o cat _SYSTEMD_INVOCATION_ID={invocation}")
+    assert password not in log
+    assert "level=error" not in log.lower(), log
+    settings = host.file("/etc/default/prometheus-redis-exporter")
+    assert (settings.user, settings.group, settings.mode) == ("root", "root", 0o600)
+    assert password not in host.file("/etc/redis/users.acl").content_string
