@@ -1,9 +1,11 @@
 -- A stand-in for the parts of lua-nginx-module that roles/nginx/files/keelson_upstreams.lua
--- uses, so that tests/unit/test_keelson_upstreams_lua.py can run that file in LuaJIT (lupa)
--- without nginx. Each function follows lua-nginx-module's documented behaviour:
+-- and roles/monitoring/files/keelson_edge.lua use, so that tests/unit/test_keelson_upstreams_lua.py
+-- and test_keelson_edge_lua.py can run those files in LuaJIT (lupa) without nginx. Each
+-- function follows lua-nginx-module's documented behaviour:
 --   ngx.shared.DICT:get/set/incr/delete  values expire after their exptime (a fake clock,
 --                                        moved by stub.advance); incr(key, n, init, init_ttl)
 --                                        creates a missing key as init + n with init_ttl
+--   ngx.shared.DICT:get_keys(max)        the live keys, at most max (0: all)
 --   ngx.req.get_post_args(max)           form-encoded body: a repeated key gives a table of
 --                                        values, a key without "=" gives true, past max
 --                                        arguments the rest is dropped and err is "truncated"
@@ -44,6 +46,19 @@ end
 
 function Dict:delete(key)
     self.items[key] = nil
+end
+
+function Dict:get_keys(max)
+    local keys = {}
+    for key in pairs(self.items) do
+        if max and max > 0 and #keys == max then
+            break
+        end
+        if self:_live(key) then
+            keys[#keys + 1] = key
+        end
+    end
+    return keys
 end
 
 function Dict:incr(key, value, init, init_ttl)
@@ -103,11 +118,17 @@ function stub.reset()
     stub.peers = {}
     stub.more_tries = {}
     stub.on_incr = nil
-    ngx.shared.keelson_upstreams = setmetatable({items = {}}, Dict)
+    ngx.shared = {keelson_upstreams = stub.dict()}
+end
+
+-- A new, empty shared dict (declare it with ngx.shared.NAME = stub.dict()).
+function stub.dict()
+    return setmetatable({items = {}}, Dict)
 end
 
 -- One request: `fn` runs as a handler with a fresh ngx.ctx (or `ctx`, to go on with the
 -- same request); returns the status given to ngx.exit (nil if it returned) and the body.
+-- request.var adds nginx variables to ngx.var (strings, as nginx gives them).
 function stub.run(fn, request, ctx)
     request = request or {}
     local out = {}
@@ -115,7 +136,13 @@ function stub.run(fn, request, ctx)
     ngx.status = 0
     ngx.header = {}
     ngx.var = {uri = request.uri, upstream_status = request.upstream_status}
+    for name, value in pairs(request.var or {}) do
+        ngx.var[name] = value
+    end
     ngx.say = function(...)
+        out[#out + 1] = table.concat({...})
+    end
+    ngx.print = function(...)
         out[#out + 1] = table.concat({...})
     end
     ngx.req = {
