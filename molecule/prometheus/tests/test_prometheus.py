@@ -123,6 +123,6 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not(host):
              for case in test.get("alert_rule_test", [])]
     fires = {c["alertname"] for c in cases if c.get("exp_alerts")}
     quiet = {c["alertname"] for c in cases if not c.get("exp_alerts")}
-    assert len(alerts) == 14, sorted(alerts)
+    assert len(alerts) == 15, sorted(alerts)
     assert alerts - fires == set(), "alerts never shown firing: %s" % (alerts - fires)
     assert alerts - quiet == set(), "alerts never shown quiet: %s" % (alerts - quiet)
