@@ -21,6 +21,8 @@ description:
     them to the monitor hosts.
   - C(scrape_targets) gives the Prometheus jobs of the inventory, each target labelled with C(host),
     C(group) and C(environment).
+  - C(expected_backups) gives the databases the db hosts back up (their C(backup_databases)), as a list of
+    C({host, database, environment}), for the alert on a database without backup metrics.
 options:
   _input:
     description: The exporter's name.
@@ -40,6 +42,10 @@ EXAMPLES = r"""
 - name: What Prometheus scrapes
   ansible.builtin.debug:
     msg: "{{ hostvars | keelson.stack.scrape_targets(groups) }}"
+
+- name: The databases whose backups Prometheus expects
+  ansible.builtin.debug:
+    msg: "{{ hostvars | keelson.stack.expected_backups(groups) }}"
 """
 
 RETURN = r"""
@@ -64,6 +70,10 @@ def host_exporters(host, hostvars, groups):
     return monitoring.host_exporters(host, hostvars, groups)
 
 
+def expected_backups(hostvars, groups):
+    return monitoring.expected_backups(hostvars, groups)
+
+
 def scrape_targets(hostvars, groups):
     try:
         return monitoring.scrape_targets(hostvars, groups)
@@ -73,4 +83,5 @@ def scrape_targets(hostvars, groups):
 
 class FilterModule(object):
     def filters(self):
-        return {"exporter_port": exporter_port, "host_exporters": host_exporters, "scrape_targets": scrape_targets}
+        return {"exporter_port": exporter_port, "host_exporters": host_exporters, "scrape_targets": scrape_targets,
+                "expected_backups": expected_backups}

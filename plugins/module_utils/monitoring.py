@@ -107,3 +107,21 @@ def scrape_targets(all_hostvars, groups):
         if targets:
             jobs.append({"job": name, "targets": targets})
     return jobs
+
+
+def expected_backups(all_hostvars, groups):
+    """The databases the inventory backs up, as [{"host", "database", "environment"}]: each db host's
+    backup_databases, where its PostgreSQL and monitoring are on. Prometheus alerts when one of them
+    has no backup metrics at all (its backup never ran, or its metrics file is gone)."""
+    expected = []
+    hosts = groups.get("all") or sorted(all_hostvars)
+    for host in hosts:
+        hostvars = all_hostvars[host]
+        if "db" not in host_groups(host, hostvars, groups):
+            continue
+        if not (_switch(hostvars, "monitoring_enabled") and _switch(hostvars, "postgresql_enabled")):
+            continue
+        for database in hostvars.get("backup_databases") or []:
+            expected.append({"host": host, "database": str(database),
+                             "environment": str(hostvars.get("keelson_environment") or "")})
+    return expected

@@ -220,13 +220,16 @@ def test_pg_dump_killed_halfway_leaves_nothing_behind(lab, s3, run_prefix, big_d
     proc, vars_file = lab.playbook("backup.yml", bvars(prefix, [big_db], backup_compression="none"), background=True)
     try:
         # Halfway: pg_dump is copying the big table, after the schema and the small tables went out.
-        copying = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.pgbench_accounts %'"
-        wait_for(lambda: lab.psql("postgres", copying + ";") == ["1"], "pg_dump copying pgbench_accounts")
-        # Kill exactly our pg_dump, by pid: the one dumping this database in an exported snapshot.
-        pids = lab.sh("for p in $(pgrep -x pg_dump); do tr '\\0' ' ' < /proc/$p/cmdline | "
-                      "grep -q -- '--snapshot=.* -d %s' && echo $p; done; true" % big_db).stdout.split()
-        assert len(pids) == 1, pids
-        lab.sh("kill -KILL %s" % pids[0])
+        # Kill exactly our pg_dump, by pid (the one dumping this database in an exported snapshot), in
+        # the same command that sees the COPY: on a loaded machine one docker exec can outlast the COPY.
+        kill_while_copying = (
+            "n=$(runuser -u postgres -- psql -XAt -d postgres -c \"SELECT count(*) FROM pg_stat_activity "
+            "WHERE query LIKE 'COPY public.pgbench_accounts %%'\"); [ \"$n\" = 1 ] || exit 0; "
+            "pids=$(for p in $(pgrep -x pg_dump); do tr '\\0' ' ' < /proc/$p/cmdline | "
+            "grep -q -- '--snapshot=.* -d %s' && echo $p; done); "
+            "[ $(echo $pids | wc -w) = 1 ] && kill -KILL $pids; echo ${pids:-none}" % big_db)
+        pids = wait_for(lambda: lab.sh(kill_while_copying).stdout.split(), "pg_dump copying pgbench_accounts")
+        assert len(pids) == 1 and pids != ["none"], pids
         output = proc.communicate(timeout=600)[0]
     finally:
         if proc.poll() is None:

@@ -179,9 +179,11 @@ def test_the_control_channel_is_unreachable_from_other_hosts(outsider, backend):
     from app1 (the app tier) or db1 (outside it), and state stays as it was."""
     before = settable(runtime())
     listeners = {line.split()[3] for line in on("lb1", "ss", "-Hltnp").splitlines() if '"nginx"' in line}
-    assert listeners <= {"0.0.0.0:80", "0.0.0.0:443", "[::]:80", "[::]:443", "127.0.0.1:8080"}, listeners
-    for port in (80, 443, 8080):
-        for scheme in ("http", "https"):
+    # the edge's metrics server (keelson.stack.monitoring) listens on the private address
+    metrics = "%s:9145" % EDGE_ADDRESS
+    assert listeners <= {"0.0.0.0:80", "0.0.0.0:443", "[::]:80", "[::]:443", "127.0.0.1:8080", metrics}, listeners
+    for port, schemes in ((80, ("http", "https")), (443, ("http", "https")), (8080, ("http", "https")), (9145, ("http",))):
+        for scheme in schemes:
             res = subprocess.run(
                 ["docker", "exec", "keelson-lab-" + outsider, "python3", "-c",
                  "import ssl, sys, urllib.request, urllib.error\n"

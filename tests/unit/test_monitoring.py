@@ -3,7 +3,8 @@ from inventories shaped like the lab's and the staging example's."""
 import pytest
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.keelson.stack.plugins.filter.monitoring import exporter_port, host_exporters, scrape_targets
+from ansible_collections.keelson.stack.plugins.filter.monitoring import (expected_backups, exporter_port, host_exporters,
+                                                                       scrape_targets)
 
 GROUPS = {
     "all": ["lb1", "app1", "app2", "db1", "mon1"],
@@ -90,3 +91,14 @@ def test_ports():
                                        "containers")] == [9100, 9187, 9121, 15692, 9113, 9145, 9323, 9417]
     with pytest.raises(AnsibleFilterError, match="unknown exporter 'mysql'"):
         exporter_port("mysql")
+
+
+def test_expected_backups_are_the_db_hosts_databases():
+    hv = hostvars(db1={"backup_databases": ["shop", "blog"]}, app1={"backup_databases": ["not-a-db-host"]})
+    assert expected_backups(hv, GROUPS) == [
+        {"host": "db1", "database": "shop", "environment": "staging"},
+        {"host": "db1", "database": "blog", "environment": "staging"}]
+    # PostgreSQL or monitoring switched off on the host: nothing expected
+    assert expected_backups(hostvars(db1={"backup_databases": ["shop"], "postgresql_enabled": "no"}), GROUPS) == []
+    assert expected_backups(hostvars(db1={"backup_databases": ["shop"], "monitoring_enabled": False}), GROUPS) == []
+    assert expected_backups(hostvars(), GROUPS) == []
