@@ -130,7 +130,9 @@ def bare_inventory(tmp_path):
             (tmp_path / "group_vars" / name).symlink_to(ROOT / "inventories" / "lab" / "group_vars" / name)
         (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {
             "children": {"db": {"hosts": {"bare1": {"ansible_host": BARE["name"],
-                                                    "keelson_private_address": address}}},
+                                                    "keelson_private_address": address,
+                                                    # no monitor host here to scrape it
+                                                    "monitoring_enabled": False}}},
                          "app": {"hosts": {}}, "lb": {"hosts": {}}},
             "vars": {"ansible_connection": "community.docker.docker",
                      "ansible_python_interpreter": "/usr/bin/python3"}}}))
