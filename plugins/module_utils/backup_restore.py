@@ -12,6 +12,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -25,7 +26,7 @@ from ansible_collections.keelson.stack.plugins.module_utils.backup_pg import (
     ROW_COUNT_SQL, PgError, database_exists, one_line, parse_row_counts, quote_ident, toc_sha256)
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retention import parse_time
 from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import (
-    Deadline, RunStopped, S3Unavailable, call, default_deadline)
+    ENDED, Deadline, RunStopped, S3Unavailable, call, default_deadline, on_stop)
 
 CHUNK = 1024 * 1024
 
@@ -95,6 +96,9 @@ def download_verified(s3, bucket, obj, dest, identity_file=None):
         if state["size"]:
             kwargs["Range"] = "bytes=%d-" % state["size"]
         body = s3.client.get_object(**kwargs)["Body"]
+        # A read blocked on a stalled server would otherwise outlast the deadline by up to the read timeout.
+        guard = s3.deadline.child()
+        on_stop(guard, lambda: shut_socket(body))
         try:
             for chunk in iter(lambda: body.read(CHUNK), b""):
                 s3.deadline.check("the download of %s" % key)
@@ -105,8 +109,17 @@ def download_verified(s3, bucket, obj, dest, identity_file=None):
                         state["sink"].write(chunk)
                     except (BrokenPipeError, OSError):
                         state["sink"] = None  # age gave up (reported below); keep hashing to name the real cause
+        except Exception:
+            raise_if_cut(guard)
+            raise
         finally:
+            guard.stop(ENDED)
             body.close()
+        raise_if_cut(guard)  # a cut read may also end as a short end of file
+
+    def raise_if_cut(guard):
+        if guard.reason not in (None, ENDED):
+            raise RunStopped("%s during the download of %s at byte %d" % (guard.reason, key, state["size"]))
 
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -141,6 +154,21 @@ def download_verified(s3, bucket, obj, dest, identity_file=None):
         age_err.seek(0)
         raise RestoreError("age -d failed for %s: %s" % (key, one_line(age_err.read().decode("utf-8", "replace"))))
     return {"bytes": size, "sha256": actual}
+
+
+def shut_socket(body):
+    """Shuts the socket under a botocore StreamingBody: a read blocked on it
+    returns at once (closing the file alone does not wake a blocked recv)."""
+    raw = getattr(body, "_raw_stream", None)
+    sock = getattr(getattr(raw, "_connection", None), "sock", None)
+    if sock is None:  # the connection already handed back: the socket behind http.client's file
+        fp = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def compare_counts(expected, actual):

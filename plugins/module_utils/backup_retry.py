@@ -124,6 +124,25 @@ class Deadline(object):
         return self.stopped() is not None
 
 
+# The reason a guarded step gives its Deadline when it finishes first (see on_stop).
+ENDED = "the step ended"
+
+
+def on_stop(deadline, action):
+    """Runs action() on a daemon thread once `deadline` passes or is stopped,
+    unless the guarded step stopped it with ENDED first. A thread blocked in a
+    read wakes only when what it reads goes away: the action takes it away
+    (kills the producers, shuts the socket)."""
+    def watch():
+        deadline.sleep(None)
+        if deadline.reason != ENDED:
+            action()
+    thread = threading.Thread(target=watch, name="backup-watchdog")
+    thread.daemon = True
+    thread.start()
+    return thread
+
+
 def seconds_text(value):
     return "%d s" % value if float(value).is_integer() else "%.1f s" % value
 

@@ -20,7 +20,8 @@ import tempfile
 import threading
 
 from ansible_collections.keelson.stack.plugins.module_utils.backup_local import kill_and_reap
-from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import BoundedS3, Deadline, Policy
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import (
+    ENDED, BoundedS3, Deadline, Policy, on_stop)
 
 MIB = 1024 * 1024
 BASE_PART_SIZE = 8 * MIB
@@ -280,9 +281,8 @@ def upload_stream(client, bucket, key, stream, workers=1, content_type="applicat
                         Bucket=bucket, Key=key, ContentType=content_type)["UploadId"]
     parts = _Parts(workers, stop)
     number = 1
-    watchdog = threading.Thread(target=_watch, args=(stop, stream), name="backup-watchdog")
-    watchdog.daemon = True
-    watchdog.start()
+    # The main thread may be blocked reading the producers' pipe, which only their end wakes.
+    on_stop(stop, stream.kill)
 
     def upload(part_number, data):
         return s3.call("upload_part", what="part %d" % part_number, deadline=stop, Bucket=bucket, Key=key,
@@ -326,13 +326,5 @@ def upload_stream(client, bucket, key, stream, workers=1, content_type="applicat
             pass
         raise
     finally:
-        stop.stop("the upload ended")
+        stop.stop(ENDED)
     return len(parts.etags)
-
-
-def _watch(stop, stream):
-    """Kills the producers when the run must stop: the main thread may be
-    blocked reading their pipe, and only end of file wakes it."""
-    stop.sleep(None)
-    if stop.reason not in ("the upload ended",):
-        stream.kill()

@@ -1,5 +1,6 @@
 """Pure parts of restore, the S3 key layout, and client tools run under a deadline."""
 import os
+import socket
 import threading
 import time
 
@@ -9,8 +10,10 @@ from ansible_collections.keelson.stack.plugins.module_utils import backup_s3
 from ansible_collections.keelson.stack.plugins.module_utils.backup_pg import (
     Connection, PgError, parse_row_counts, toc_entries, toc_sha256)
 from ansible_collections.keelson.stack.plugins.module_utils.backup_restore import (
-    RestoreError, check_manifest, compare_counts, resolve_backup_id, restore_deadline, scratch_name)
-from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import Deadline, RunStopped
+    RestoreError, check_manifest, compare_counts, download_verified, resolve_backup_id, restore_deadline,
+    scratch_name)
+from ansible_collections.keelson.stack.plugins.module_utils.backup_retry import (
+    BoundedS3, Deadline, Policy, RunStopped)
 
 IDS = ["20261101T021500Z", "20261102T021500Z", "20261103T021500Z"]
 
@@ -129,3 +132,38 @@ def test_a_tool_gets_its_input_and_its_failure_is_one_line():
     assert conn.run(["cat"], input_text="a\nb\n") == "a\nb\n"
     with pytest.raises(PgError, match="^sh failed: no such table$"):
         conn.run(["sh", "-c", "echo 'no such table' >&2; exit 3"])
+
+
+@pytest.fixture
+def stalling_s3():
+    """A loopback HTTP server that answers a GET with 4 MiB announced, sends
+    1 MiB and a bit, and then nothing until the test ends: a stalled S3 server."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    done = threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\nContent-Type: application/octet-stream\r\n"
+                     b"ETag: \"x\"\r\n\r\n" + b"k" * (1024 * 1024 + 1000))
+        done.wait(120)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield "http://127.0.0.1:%d" % listener.getsockname()[1]
+    done.set()
+    listener.close()
+
+
+def test_a_download_blocked_in_a_read_ends_at_the_deadline_not_the_read_timeout(stalling_s3, tmp_path):
+    # read timeout 60 s, deadline 1 s: only a guard that cuts the blocked read names the deadline
+    # with the byte the download reached; the read timeout would be reported as "S3 did not answer for 60 s"
+    policy = Policy(attempts=1, read_timeout=60)
+    client = backup_s3.client(stalling_s3, "key", "secret", read_timeout=policy.read_timeout)
+    s3 = BoundedS3(client, policy, Deadline(1))
+    obj = {"key": "p/app/%s/dump.pgc" % IDS[0], "bytes": 4194304, "sha256": "0" * 64}
+    with pytest.raises(RestoreError, match=r"^the deadline of 1 s passed during the download of p/app/%s/dump\.pgc "
+                                           r"at byte 1048576; no database was touched$" % IDS[0]):
+        download_verified(s3, "bucket", obj, str(tmp_path / "dump.pgc"))
