@@ -23,7 +23,10 @@ description:
     C(compose_stack_rollout_targets) (the image each of those units goes to), C(compose_stack_for_host)
     (the services placed on the host it is rendered for, and their jobs), C(compose_stack_host_jobs) (the jobs of
     those services, with the Compose service each runs in) and C(compose_stack_jobs_once) (each job once, on the
-    first app host that asks for it), and C(compose_stack_errors)
+    first app host that asks for it), C(compose_stack_exec_target) (the app host and Compose service
+    playbooks/exec.yml runs a command in), C(compose_stack_logs_errors) (what is wrong with
+    playbooks/logs.yml's settings) and C(compose_stack_merged_logs) (the logs of one service's replicas on
+    every app host as one timeline, each line prefixed by host and replica), and C(compose_stack_errors)
     (the same checks as this filter and the secrets' names, returned as a list of messages instead of failing).
 options:
   _input:
@@ -35,6 +38,7 @@ options:
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.keelson.stack.plugins.module_utils import compose_stack as cs
+from ansible_collections.keelson.stack.plugins.module_utils import service_logs
 
 
 def compose_stack_validate(stack):
@@ -131,6 +135,32 @@ def compose_stack_env_file(secrets):
         raise AnsibleFilterError(str(exc))
 
 
+def compose_stack_exec_target(stack, service, host=""):
+    try:
+        return cs.exec_target(stack, service, host)
+    except cs.StackError as exc:
+        raise AnsibleFilterError("; ".join(exc.errors))
+
+
+def compose_stack_logs_errors(stack, service, since="", lines=1):
+    """[] when playbooks/logs.yml can read `lines` of `service`'s logs since `since`, else the messages."""
+    names = [s.get("name") for s in stack.get("services") or []]
+    errors = [] if service in names else [
+        "compose_stack_logs_service: %r is not in compose_stack_services (there: %s)" % (service, ", ".join(names))]
+    if int(lines) < 1:
+        errors.append("compose_stack_logs_lines: %s is not a number of lines (1 or more)" % lines)
+    return errors + service_logs.since_errors(since)
+
+
+def compose_stack_merged_logs(hosts, last=None):
+    """hosts: each app host's hostvars, with its `docker logs` loop registered as compose_stack__logs."""
+    sources = []
+    for hv in hosts:
+        sources.extend(service_logs.sources_from(hv["inventory_hostname"],
+                                                 (hv.get("compose_stack__logs") or {}).get("results")))
+    return service_logs.merge(sources, last)
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -151,4 +181,7 @@ class FilterModule(object):
             "compose_stack_rollout_units": compose_stack_rollout_units,
             "compose_stack_rollout_targets": compose_stack_rollout_targets,
             "compose_stack_for_host": compose_stack_for_host,
+            "compose_stack_exec_target": compose_stack_exec_target,
+            "compose_stack_logs_errors": compose_stack_logs_errors,
+            "compose_stack_merged_logs": compose_stack_merged_logs,
         }

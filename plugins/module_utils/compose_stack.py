@@ -545,6 +545,22 @@ def preflight_services(stack, services, previous):
     return out
 
 
+def exec_target(stack, service, host=""):
+    """Where playbooks/exec.yml runs a command: {"host", "compose_service"}, the
+    given app host or the first one the service is placed on, and the service's
+    first replica (a fresh container takes its definition, `running` its container)."""
+    svc = [s for s in stack.get("services") or [] if s.get("name") == service]
+    if not svc:
+        raise StackError(["service %r is not in compose_stack_services (there: %s)"
+                          % (service, ", ".join(s.get("name", "?") for s in stack.get("services") or []) or "none")])
+    hosts = placed_hosts(svc[0], _stack_hosts(stack))
+    if not hosts:
+        raise StackError(["service %r runs on no app host" % service])
+    if host and host not in hosts:
+        raise StackError(["service %r does not run on %s (it runs on: %s)" % (service, host, ", ".join(hosts))])
+    return {"host": host or hosts[0], "compose_service": replica_names(svc[0])[0]}
+
+
 def job_service(stack, job):
     """The Compose service a job runs in (the first replica of a split service)."""
     for svc in stack["services"]:

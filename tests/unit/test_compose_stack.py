@@ -458,3 +458,21 @@ def test_site_jobs_run_once_on_the_first_host_whose_release_asks_for_them():
            {"host": "app3", "jobs": cs.host_jobs(seed_stack("app1"))}]
     assert cs.host_jobs(seed_stack("app2")) == [{"name": "migrate", "service": "api-1", "command": ["migrate"]}]
     assert [(j["name"], j["host"]) for j in cs.jobs_once(due)] == [("migrate", "app2"), ("beat-schema", "app3")]
+
+
+def test_exec_runs_on_the_first_host_placing_the_service_in_its_first_replica():
+    st = seed_stack("app2")  # every host computes the same target, whichever it is
+    assert cs.exec_target(st, "api") == {"host": "app1", "compose_service": "api-1"}
+    assert cs.exec_target(st, "worker", "app2") == {"host": "app2", "compose_service": "worker"}
+    assert cs.exec_target(st, "sidecar") == {"host": "app2", "compose_service": "sidecar"}
+    assert cs.exec_target(st, "scheduler")["host"] == "app1"
+
+
+def test_exec_refuses_an_unknown_service_or_a_host_it_does_not_run_on():
+    st = seed_stack("app1")
+    with pytest.raises(cs.StackError, match=r"service 'apii' is not in compose_stack_services \(there: postgres, api,"):
+        cs.exec_target(st, "apii")
+    with pytest.raises(cs.StackError, match=r"service 'scheduler' does not run on app2 \(it runs on: app1\)"):
+        cs.exec_target(st, "scheduler", "app2")
+    with pytest.raises(cs.StackError, match=r"service 'sidecar' does not run on app3 \(it runs on: app2\)"):
+        cs.exec_target(st, "sidecar", "app3")
