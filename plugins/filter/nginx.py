@@ -36,6 +36,9 @@ options:
   gzip_comp_level:
     description: C(nginx_gzip_comp_level), 1 to 9.
     type: int
+  maintenance_retry_after:
+    description: C(nginx_maintenance_retry_after), 1 to 86400 seconds.
+    type: int
 """
 
 EXAMPLES = r"""
@@ -75,7 +78,8 @@ def _header_errors(headers, where):
     return errors
 
 
-def nginx_edge_errors(sites, ssl_ciphers=None, ssl_protocols=None, ssl_ecdh_curve="X25519", gzip_comp_level=5):
+def nginx_edge_errors(sites, ssl_ciphers=None, ssl_protocols=None, ssl_ecdh_curve="X25519", gzip_comp_level=5,
+                      maintenance_retry_after=300):
     errors = []
     for s_index, site in enumerate(sites or []):
         where = "nginx_sites[%d]" % s_index
@@ -103,6 +107,8 @@ def nginx_edge_errors(sites, ssl_ciphers=None, ssl_protocols=None, ssl_ecdh_curv
         errors.append("nginx_ssl_ecdh_curve is empty")
     if gzip_comp_level is not None and not 1 <= int(gzip_comp_level) <= 9:
         errors.append("nginx_gzip_comp_level %s is not between 1 and 9" % gzip_comp_level)
+    if maintenance_retry_after is not None and not 1 <= int(maintenance_retry_after) <= 86400:
+        errors.append("nginx_maintenance_retry_after %s is not between 1 and 86400 seconds" % maintenance_retry_after)
     return errors
 
 

@@ -51,3 +51,11 @@ def test_empty_tls_overrides_are_refused_and_null_keeps_the_profile():
 def test_unknown_tls_protocol_is_refused():
     assert nginx_edge_errors([], ssl_protocols=["TLSv1.3", "SSLv3"]) == [
         "nginx_ssl_protocols: SSLv3 not one of TLSv1, TLSv1.1, TLSv1.2, TLSv1.3"]
+
+
+def test_maintenance_retry_after_must_be_a_second_to_a_day():
+    assert nginx_edge_errors([], maintenance_retry_after=1) == []
+    assert nginx_edge_errors([], maintenance_retry_after=86400) == []
+    for bad in (0, -5, 86401):
+        assert nginx_edge_errors([], maintenance_retry_after=bad) == [
+            "nginx_maintenance_retry_after %d is not between 1 and 86400 seconds" % bad]
