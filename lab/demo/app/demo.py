@@ -39,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -303,9 +304,7 @@ class Handler(BaseHTTPRequestHandler):
             elif url.path == "/stats":
                 self.stats()
             elif url.path in ("/web", "/web/"):
-                with urllib.request.urlopen(API_URL + "/version", timeout=CONNECT_TIMEOUT) as resp:
-                    api = json.loads(resp.read())
-                self.reply(200, {"web": VERSION, "host": HOSTNAME, "api": api})
+                self.reply(200, {"web": VERSION, "host": HOSTNAME, "api": api_version()})
             else:
                 self.reply(404, {"error": "not found"})
         except Exception as exc:
@@ -363,6 +362,20 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(400, {"error": str(exc)})
         except Exception as exc:
             self.reply(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+
+def api_version():
+    """GET /version of the API by its Compose name. A rollout drains a replica from
+    nginx, not from the name (east-west traffic), so a replica that is stopping can
+    reset a connection it had just accepted: like an HTTP client with retries, try
+    an idempotent call once more (the name's other address answers)."""
+    for attempt in (1, 2):
+        try:
+            with urllib.request.urlopen(API_URL + "/version", timeout=CONNECT_TIMEOUT) as resp:
+                return json.loads(resp.read())
+        except (ConnectionError, urllib.error.URLError) as exc:  # http.client.RemoteDisconnected is one
+            if attempt == 2 or not isinstance(getattr(exc, "reason", exc), ConnectionError):
+                raise
 
 
 def serve():
