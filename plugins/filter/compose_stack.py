@@ -158,7 +158,7 @@ def compose_stack_merged_logs(hosts, last=None):
     for hv in hosts:
         sources.extend(service_logs.sources_from(hv["inventory_hostname"],
                                                  (hv.get("compose_stack__logs") or {}).get("results")))
-    return service_logs.merge(sources, last)
+    return service_logs.merge(sources, int(last) if last else None)
 
 
 class FilterModule(object):

@@ -45,9 +45,12 @@ def render_site(site):
     """sites/NAME.conf as the nginx role's template renders it (its defaults, nginx 1.26)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(NGINX / "templates")), trim_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    defaults = yaml.safe_load((NGINX / "defaults" / "main.yml").read_text())
+    settings = yaml.safe_load((NGINX / "defaults" / "main.yml").read_text())
+    # the role's fixed vars (paths); the templated ones need Ansible
+    settings.update((k, v) for k, v in yaml.safe_load((NGINX / "vars" / "main.yml").read_text()).items()
+                    if isinstance(v, str) and "{{" not in v)
     return env.get_template("site.conf.j2").render(
-        dict(defaults, item=site, ansible_managed="Ansible managed", nginx_http2_directive=True, nginx_site_ocsp={}))
+        dict(settings, item=site, ansible_managed="Ansible managed", nginx_http2_directive=True, nginx_site_ocsp={}))
 
 
 def test_the_sites_the_nginx_role_renders_name_their_certificates(tmp_path):
