@@ -558,6 +558,13 @@ def cmd_down(_args):
     if vols:
         docker("volume", "rm", *vols)
     nets = docker("network", "ls", "-q", "--filter", f"label={LABEL}").stdout.split()
+    for net in nets:
+        # molecule instances join the lab's network; a killed run can leave some behind
+        # (molecule's next run destroys them): they must not keep the network alive
+        attached = docker("network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{end}}", net).stdout.split()
+        for cname in attached:
+            log(f"disconnecting {cname} from the lab network")
+            docker("network", "disconnect", "-f", net, cname, check=False)
     if nets:
         docker("network", "rm", *nets)
     for f in [INVENTORY_DIR / "hosts.yml", INVENTORY_DIR / "group_vars" / "all" / "lab_generated.yml",
