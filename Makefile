@@ -107,7 +107,7 @@ checks-lane: lint unit sanity
 # `make test`, `make lab`) holds that run's data, such as its migrations and releases.
 lab-lane: venv images
 	$(PYTHON) lab/lab.py down
-	$(MAKE) --no-print-directory lab-up
+	$(PYTHON) lab/lab.py up
 	@touch $(LAB_UP_MARK)
 	$(MAKE) --no-print-directory site
 	$(INTEGRATION)

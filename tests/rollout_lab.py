@@ -1,9 +1,12 @@
 """What the rollout integration tests and benchmark share: the lab's app hosts and
 demo stack, playbook runs (extra vars in a 0600 file), and HTTPS load through lb1."""
 import datetime
+import http.client
 import json
 import os
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -131,6 +134,23 @@ class Playbook:
 
 
 AUDIT = Path(tempfile.gettempdir()) / ("keelson-it-audit-%d.log" % os.getpid())
+
+
+CONTROL_SOCKET = "/run/keelson-nginx/control.sock"
+
+
+def runtime_state(upstream):
+    """What nginx's balancer holds for `upstream` on lb1, from its control socket."""
+    return json.loads(on("lb1", "curl", "-sS", "--unix-socket", CONTROL_SOCKET, "http://lb1/upstreams/" + upstream))
+
+
+def edge(timeout=60):
+    """A keep-alive HTTPS connection to the edge on lb1, by the site's name, the lab CA verified."""
+    conn = http.client.HTTPSConnection(EDGE_NAME, 443, timeout=timeout,
+                                       context=ssl.create_default_context(cafile=str(CA)))
+    conn._create_connection = lambda _host_port, *args, **kwargs: socket.create_connection(
+        (EDGE_ADDRESS, 443), *args, **kwargs)
+    return conn
 
 
 def nginx_processes():

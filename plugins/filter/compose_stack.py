@@ -144,21 +144,12 @@ def compose_stack_exec_target(stack, service, host=""):
 
 def compose_stack_logs_errors(stack, service, since="", lines=1):
     """[] when playbooks/logs.yml can read `lines` of `service`'s logs since `since`, else the messages."""
-    names = [s.get("name") for s in stack.get("services") or []]
-    errors = [] if service in names else [
-        "compose_stack_logs_service: %r is not in compose_stack_services (there: %s)" % (service, ", ".join(names))]
-    if int(lines) < 1:
-        errors.append("compose_stack_logs_lines: %s is not a number of lines (1 or more)" % lines)
-    return errors + service_logs.since_errors(since)
+    return service_logs.settings_errors(stack, service, since, lines)
 
 
 def compose_stack_merged_logs(hosts, last=None):
     """hosts: each app host's hostvars, with its `docker logs` loop registered as compose_stack__logs."""
-    sources = []
-    for hv in hosts:
-        sources.extend(service_logs.sources_from(hv["inventory_hostname"],
-                                                 (hv.get("compose_stack__logs") or {}).get("results")))
-    return service_logs.merge(sources, int(last) if last else None)
+    return service_logs.merged_hosts(hosts, last)
 
 
 class FilterModule(object):

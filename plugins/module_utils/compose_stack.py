@@ -545,20 +545,28 @@ def preflight_services(stack, services, previous):
     return out
 
 
+def named_service(stack, service, setting):
+    """The stack's service called `service`; a StackError naming `setting`, the
+    variable that asked for it, when there is none."""
+    services = stack.get("services") or []
+    for svc in services:
+        if svc.get("name") == service:
+            return svc
+    raise StackError(["%s: service %r is not in compose_stack_services (there: %s)"
+                      % (setting, service, ", ".join(s.get("name", "?") for s in services) or "none")])
+
+
 def exec_target(stack, service, host=""):
     """Where playbooks/exec.yml runs a command: {"host", "compose_service"}, the
     given app host or the first one the service is placed on, and the service's
     first replica (a fresh container takes its definition, `running` its container)."""
-    svc = [s for s in stack.get("services") or [] if s.get("name") == service]
-    if not svc:
-        raise StackError(["service %r is not in compose_stack_services (there: %s)"
-                          % (service, ", ".join(s.get("name", "?") for s in stack.get("services") or []) or "none")])
-    hosts = placed_hosts(svc[0], _stack_hosts(stack))
+    svc = named_service(stack, service, "compose_stack_exec_service")
+    hosts = placed_hosts(svc, _stack_hosts(stack))
     if not hosts:
         raise StackError(["service %r runs on no app host" % service])
     if host and host not in hosts:
         raise StackError(["service %r does not run on %s (it runs on: %s)" % (service, host, ", ".join(hosts))])
-    return {"host": host or hosts[0], "compose_service": replica_names(svc[0])[0]}
+    return {"host": host or hosts[0], "compose_service": replica_names(svc)[0]}
 
 
 def job_service(stack, job):

@@ -17,10 +17,24 @@ import calendar
 import re
 import time
 
+from ansible_collections.keelson.stack.plugins.module_utils.compose_stack import StackError, named_service
+
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) ?")
 # What `docker logs --since` takes: a duration (10m, 1h30m), a Unix time, or an RFC 3339 date or time.
 SINCE = re.compile(r"^(?:(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+|\d+(?:\.\d+)?|"
                    r"\d{4}-\d\d-\d\d(?:T\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?(?:Z|[+-]\d\d:\d\d)?)?)$")
+
+
+def settings_errors(stack, service, since="", lines=1):
+    """[] when playbooks/logs.yml can read `lines` of `service`'s logs since `since`, else the messages."""
+    errors = []
+    try:
+        named_service(stack, service, "compose_stack_logs_service")
+    except StackError as exc:
+        errors.extend(exc.errors)
+    if int(lines) < 1:
+        errors.append("compose_stack_logs_lines: %s is not a number of lines (1 or more)" % lines)
+    return errors + since_errors(since)
 
 
 def since_errors(since):
@@ -59,6 +73,16 @@ def sources_from(host, results):
         lines = (result.get("stdout_lines") or []) + (result.get("stderr_lines") or [])
         out.append({"name": "%s/%s" % (host, name), "lines": lines})
     return out
+
+
+def merged_hosts(hosts, last=None):
+    """The merged timeline of every app host's `docker logs` loop. hosts: each
+    host's hostvars, with the loop registered as compose_stack__logs."""
+    sources = []
+    for hostvars in hosts:
+        sources.extend(sources_from(hostvars["inventory_hostname"],
+                                    (hostvars.get("compose_stack__logs") or {}).get("results")))
+    return merge(sources, int(last) if last else None)
 
 
 def merge(sources, last=None):

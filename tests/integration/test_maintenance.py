@@ -2,10 +2,6 @@
 the maintenance page, Retry-After and its security headers, on connections opened
 before as well as new ones; nginx does not reload, the lb's own status keeps
 answering, and the upstreams (files and runtime state) are as they were afterwards."""
-import http.client
-import json
-import socket
-import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rollout_lab import CA, EDGE_ADDRESS, EDGE_NAME, ROOT, nginx_processes, on, upstream_file  # noqa: E402
-
-SOCKET = "/run/keelson-nginx/control.sock"
+from rollout_lab import ROOT, UPSTREAMS, edge, nginx_processes, on, runtime_state, upstream_file  # noqa: E402
 
 
 def maintenance(on_off, *extra):
@@ -24,22 +18,14 @@ def maintenance(on_off, *extra):
                           timeout=600)
 
 
-def edge():
-    conn = http.client.HTTPSConnection(EDGE_NAME, 443, timeout=30, context=ssl.create_default_context(cafile=str(CA)))
-    conn._create_connection = lambda _host_port, *args, **kwargs: socket.create_connection(
-        (EDGE_ADDRESS, 443), *args, **kwargs)
-    return conn
-
-
 def send(conn, method, path, body=None):
     conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
     response = conn.getresponse()
     return response.status, dict(response.getheaders()), response.read().decode("utf-8", "replace")
 
 
-def runtime_state():
-    return [json.loads(on("lb1", "curl", "-sS", "--unix-socket", SOCKET, "http://lb1/upstreams/" + name))
-            for name in ("api", "web")]
+def runtime_states():
+    return [runtime_state(name) for name in UPSTREAMS]
 
 
 @pytest.fixture
@@ -49,7 +35,7 @@ def out_of_maintenance_afterwards():
 
 
 def test_a_site_in_maintenance_answers_503_and_comes_back_without_a_reload(out_of_maintenance_afterwards):
-    processes, upstreams, state = nginx_processes(), upstream_file(), runtime_state()
+    processes, upstreams, state = nginx_processes(), upstream_file(), runtime_states()
     kept = edge()  # a keep-alive connection that lives through the whole window
     assert send(kept, "GET", "/health")[0] == 200
 
@@ -74,7 +60,7 @@ def test_a_site_in_maintenance_answers_503_and_comes_back_without_a_reload(out_o
     assert send(kept, "GET", "/health")[0] == 200
     assert send(edge(), "POST", "/items", '{"name": "after maintenance"}')[0] == 201
     assert nginx_processes() == processes, "nginx reloaded"
-    assert upstream_file() == upstreams and runtime_state() == state
+    assert upstream_file() == upstreams and runtime_states() == state
 
 
 def test_an_unknown_site_is_refused_before_any_change():

@@ -175,20 +175,28 @@ def test_a_stopped_api_replica_fires_replica_down_at_the_webhook_and_resolves_wh
     print("replica %s started -> resolved at the webhook: %.0f s" % (container, time.time() - started))
 
 
+def backup_metrics(database, when=None):
+    """`database`'s backup metrics as pg_backup writes them (node_exporter drops a metric family whose
+    files disagree on its HELP text, so a hand-written file would hide every database's backup metrics)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(record_metrics(tmp, database, True, {"bytes": 1024, "duration_seconds": 1.0}, now=when)) as handle:
+            return handle.read()
+
+
+def put(lab, path, text):
+    """Replaces a textfile-collector file on db1 at once (node_exporter never reads half of it)."""
+    lab.sh("cat > %s.tmp && mv %s.tmp %s" % (path, path, path), input=text)
+
+
 def test_a_backup_whose_last_success_is_days_old_fires_backup_too_old_at_the_webhook(lab, prometheus, webhook):
     # Databases of this test's own, so the real backups' metrics are left alone (and their alerts:
     # a database whose backups failed in another test alerts too, rightly): one backed up four
     # days ago, one an hour ago.
-    # Written by pg_backup's own function: node_exporter drops a metric family whose files disagree
-    # on its HELP text, so a hand-written file would hide every database's backup metrics.
     now = time.time()
     stale = {"monitoring_stale": now - 4 * 86400, "monitoring_fresh": now - 3600}
     paths = ["/var/lib/prometheus/node-exporter/keelson_backup_%s.prom" % database for database in stale]
     for (database, when), path in zip(stale.items(), paths):
-        with tempfile.TemporaryDirectory() as tmp:
-            metrics_file = record_metrics(tmp, database, True, {"bytes": 1024, "duration_seconds": 1.0}, now=when)
-            text = open(metrics_file).read()
-        lab.sh("cat > %s.tmp && mv %s.tmp %s" % (path, path, path), input=text)
+        put(lab, path, backup_metrics(database, when))
     try:
         def firing():
             alerts = prometheus("/api/v1/alerts")["alerts"]
@@ -223,13 +231,11 @@ def test_a_database_the_inventory_backs_up_without_any_backup_metrics_is_pending
         lab.sh("rm -f %s" % path)
         alert = wait_for("KeelsonBackupMissing pending for demo", missing, within=90)[0]
         assert alert["state"] == "pending" and alert["labels"]["environment"] == "lab", alert
-        with tempfile.TemporaryDirectory() as tmp:
-            text = open(record_metrics(tmp, "demo", True, {"bytes": 1024, "duration_seconds": 1.0})).read()
-        lab.sh("cat > %s.tmp && mv %s.tmp %s" % (path, path, path), input=text)
+        put(lab, path, backup_metrics("demo"))
         wait_for("KeelsonBackupMissing cleared by demo's metrics", lambda: not missing(), within=90)
     finally:
         if saved:
-            lab.sh("cat > %s.tmp && mv %s.tmp %s" % (path, path, path), input=saved)
+            put(lab, path, saved)
         else:
             lab.sh("rm -f %s" % path)
 

@@ -6,11 +6,8 @@ nowhere but root on lb1, and malformed requests change nothing. Under the Lua ba
 keeps what its own balancer did: retries to the next backend for idempotent requests only,
 passive failure handling (max_fails / fail_timeout), keepalive connections to the backends.
 Run after site.yml (make lab); leaves every backend up, weight 1, and app2's replicas running."""
-import http.client
 import json
 import os
-import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -23,16 +20,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rollout_lab import (  # noqa: E402
-    CA, EDGE_ADDRESS, EDGE_NAME, INVENTORY, ROOT, epoch, finish_load, nginx_processes, on, private_address,
-    start_load, upstream_file)
+    CONTROL_SOCKET as SOCKET, EDGE_ADDRESS, EDGE_NAME, INVENTORY, ROOT, edge, epoch, finish_load, nginx_processes, on,
+    private_address, runtime_state, start_load, upstream_file)
 
-SOCKET = "/run/keelson-nginx/control.sock"
 UPSTREAM = "api"
 
 
 def runtime():
     """The running nginx's state of the api upstream, read on lb1 as root."""
-    return json.loads(on("lb1", "curl", "-sS", "--unix-socket", SOCKET, "http://lb1/upstreams/" + UPSTREAM))
+    return runtime_state(UPSTREAM)
 
 
 def settable(state):
@@ -206,15 +202,6 @@ def test_the_control_channel_is_unreachable_from_other_hosts(outsider, backend):
 
 
 # --- a drain with a request in flight ---------------------------------------------------
-
-def edge():
-    """A keep-alive HTTPS connection to the edge on lb1, by the site's name, the lab CA verified."""
-    conn = http.client.HTTPSConnection(EDGE_NAME, 443, timeout=60,
-                                       context=ssl.create_default_context(cafile=str(CA)))
-    conn._create_connection = lambda _host_port, *args, **kwargs: socket.create_connection(
-        (EDGE_ADDRESS, 443), *args, **kwargs)
-    return conn
-
 
 def send(conn, method, path, body=None):
     """(status, body) of one request on ``conn``."""

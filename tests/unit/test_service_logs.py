@@ -1,7 +1,8 @@
 """playbooks/logs.yml's merge: `docker logs --timestamps` lines of several replicas on several hosts as one timeline."""
 import pytest
 
-from ansible_collections.keelson.stack.plugins.module_utils.service_logs import merge, since_errors, sources_from, stamp_key
+from ansible_collections.keelson.stack.plugins.module_utils.service_logs import (
+    merge, settings_errors, since_errors, sources_from, stamp_key)
 
 # As `docker logs --timestamps` prints them: RFC 3339 in UTC, the fraction's trailing zeros dropped.
 APP1_API1 = [
@@ -62,3 +63,13 @@ def test_since_refuses_the_rest_naming_the_setting(since):
     assert since_errors(since) == [
         "compose_stack_logs_since: %r is not a duration (10m, 1h30m), a Unix time or an RFC 3339 time "
         "(2026-12-07T03:00:00Z)" % since]
+
+
+def test_settings_errors_name_each_variable_before_anything_runs():
+    stack = {"services": [{"name": "api"}, {"name": "worker"}]}
+    assert settings_errors(stack, "worker", "30m", 100) == []
+    assert settings_errors(stack, "apii", "yesterday", "0") == [
+        "compose_stack_logs_service: service 'apii' is not in compose_stack_services (there: api, worker)",
+        "compose_stack_logs_lines: 0 is not a number of lines (1 or more)",
+        "compose_stack_logs_since: 'yesterday' is not a duration (10m, 1h30m), a Unix time or an RFC 3339 time "
+        "(2026-12-07T03:00:00Z)"]
