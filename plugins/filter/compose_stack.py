@@ -124,6 +124,10 @@ def compose_stack_jobs_once(hosts):
                          for h in hosts])
 
 
+def compose_stack_wait_probes(containers):
+    return cs.wait_probes(containers)
+
+
 def compose_stack_health_report(containers):
     return cs.health_report(containers)
 
@@ -167,6 +171,7 @@ class FilterModule(object):
             "compose_stack_preflight_services": compose_stack_preflight_services,
             "compose_stack_host_jobs": compose_stack_host_jobs,
             "compose_stack_jobs_once": compose_stack_jobs_once,
+            "compose_stack_wait_probes": compose_stack_wait_probes,
             "compose_stack_health_report": compose_stack_health_report,
             "compose_stack_rollout_pins": compose_stack_rollout_pins,
             "compose_stack_rollout_units": compose_stack_rollout_units,

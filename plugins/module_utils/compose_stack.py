@@ -577,6 +577,16 @@ def job_service(stack, job):
     raise StackError(["job %r: unknown service %r" % (job["name"], job["service"])])
 
 
+def wait_probes(containers):
+    """The health_gate probes that bring-up waits for, one per container of the project
+    (``docker_compose_v2``'s ``containers``): running, and healthy where it has a
+    healthcheck. A container without one, or whose healthcheck is disabled (``disable:
+    true``, or ``HEALTHCHECK NONE`` in its image, which ``docker compose up --wait``
+    refuses), counts once it runs."""
+    return [{"type": "docker", "name": "docker health of %s" % c["Name"], "container": c["Name"],
+             "require_healthcheck": False, "timeout": 5} for c in sorted(containers, key=lambda c: c["Name"])]
+
+
 def health_report(containers):
     """A readable failure message from ``docker_container_info`` results: for each
     container that is not running healthy, its state and its last health-check outputs."""

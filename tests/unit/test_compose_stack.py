@@ -238,6 +238,20 @@ def test_job_service_and_health_report():
     ]
 
 
+def test_bring_up_waits_on_every_container_without_requiring_a_healthcheck():
+    # docker_compose_v2's `containers` after up (the staging stand-ins: a worker whose image
+    # says HEALTHCHECK NONE, which `docker compose up --wait` refuses)
+    containers = [
+        {"Name": "jobsearch-worker-1-1", "Service": "worker-1", "State": "running", "Health": ""},
+        {"Name": "jobsearch-api-gateway-1-1", "Service": "api-gateway-1", "State": "running", "Health": "starting"},
+    ]
+    probes = cs.wait_probes(containers)
+    assert [p["container"] for p in probes] == ["jobsearch-api-gateway-1-1", "jobsearch-worker-1-1"]
+    assert all(p["type"] == "docker" and p["require_healthcheck"] is False for p in probes)
+    assert "max_restarts" not in probes[0]  # old containers may have restarted long ago
+    assert cs.wait_probes([]) == []
+
+
 def test_rollout_pins_stay_until_the_inventory_moves_on():
     st = stack()
     v10, v11, v12 = ({"id": "sha256:" + c * 64} for c in "abc")
