@@ -10,7 +10,11 @@ Images (all FROM the lab's keelson/debian:13; nothing is pulled):
     demo-api:1.1.0-probefail          Docker-healthy, but /health answers 500
     demo-api:1.1.0-badworker          the API is fine, the worker exits 1 s after start
     demo-api:1.1.0-badmigration       its migration fails (exit 1), changing nothing
+    demo-api:1.1.0-slowmigration      its migration takes 45 s (a controller is killed during it)
     demo-postgres:17, demo-redis:8, demo-rabbitmq:4   test-only backing services
+    jobsearch/frontend, jobsearch/api-gateway, jobsearch/worker :2.4.1, :2.5.0
+                                      stand-ins for inventories/staging's images (the demo
+                                      on their ports, commands and paths; lab/demo/jobsearch)
 
 The lab registry speaks plain HTTP on a private address. A Docker engine refuses
 that unless the registry is listed in `insecure-registries`, except on loopback
@@ -32,7 +36,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BASE = "keelson/debian:13"
 
-# (repository, tag, build context, build args)
+# (repository, tag, build context, build args); "{registry}" in an argument is the registry
+STANDIN = {"DEMO_IMAGE": "{registry}/demo-api:1.0.0"}
 IMAGES = [
     ("demo-api", "1.0.0", "app", {"DEMO_VERSION": "1.0.0"}),
     ("demo-api", "1.1.0", "app", {"DEMO_VERSION": "1.1.0"}),
@@ -41,9 +46,16 @@ IMAGES = [
     ("demo-api", "1.1.0-probefail", "app", {"DEMO_VERSION": "1.1.0-probefail", "DEMO_FAIL_MODE": "probe"}),
     ("demo-api", "1.1.0-badworker", "app", {"DEMO_VERSION": "1.1.0-badworker", "DEMO_FAIL_MODE": "worker"}),
     ("demo-api", "1.1.0-badmigration", "app", {"DEMO_VERSION": "1.1.0-badmigration", "DEMO_FAIL_MODE": "migrate"}),
+    ("demo-api", "1.1.0-slowmigration", "app", {"DEMO_VERSION": "1.1.0-slowmigration",
+                                                 "DEMO_FAIL_MODE": "slowmigrate"}),
     ("demo-postgres", "17", "postgres", {}),
     ("demo-redis", "8", "redis", {}),
     ("demo-rabbitmq", "4", "rabbitmq", {}),
+    *[(repo, version, "jobsearch", dict(STANDIN, VERSION=version, **args))
+      for version in ("2.4.1", "2.5.0")
+      for repo, args in (("jobsearch/frontend", {"PORT": "3000"}),
+                         ("jobsearch/api-gateway", {"PORT": "8080", "PATH_PREFIX": "/api"}),
+                         ("jobsearch/worker", {"ROLE": "worker"}))],
 ]
 
 
@@ -114,7 +126,7 @@ def build(repo, tag, context, args, registry):
     ref = f"{registry}/{repo}:{tag}"
     cmd = ["build", "-q", "-t", ref, "--build-arg", f"BASE={BASE}"]
     for key, value in args.items():
-        cmd += ["--build-arg", f"{key}={value}"]
+        cmd += ["--build-arg", f"{key}={value.format(registry=registry)}"]
     t0 = time.monotonic()
     docker(*cmd, str(HERE / context))
     size = int(docker("image", "inspect", "-f", "{{.Size}}", ref).stdout.strip())

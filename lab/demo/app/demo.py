@@ -18,7 +18,8 @@ As the lab's frontend (`web`), GET /web/ calls the API by its Compose name
 (DEMO_API_URL, http://api:8000 by default) and answers both versions.
 
 Dependencies are optional: only the ones configured (DEMO_DATABASE_URL,
-DEMO_REDIS_URL, DEMO_AMQP_URL) are used and checked by /ready.
+DEMO_REDIS_URL, DEMO_AMQP_URL, or DATABASE_URL, REDIS_URL, AMQP_URL) are used and
+checked by /ready. With DEMO_PATH_PREFIX=/api, /api/health is /health, and so on.
 
 DEMO_FAIL_MODE makes a deliberately broken release for rollout tests:
     unhealthy  /health answers 500, so the Docker healthcheck fails too
@@ -28,6 +29,8 @@ DEMO_FAIL_MODE makes a deliberately broken release for rollout tests:
     worker     the API serves normally; the worker exits 1 s after it starts
                (a release whose only broken part is its worker)
     migrate    the migration fails (exit 1) before it changes anything
+    slowmigrate  the migration takes DEMO_MIGRATE_SECONDS (default 45) before it applies
+               (a window to kill the controller in)
 Any version's /health answers 500 once the file /tmp/demo-fail exists in its
 container (`docker exec ... touch /tmp/demo-fail`): a release that goes bad late.
 """
@@ -48,9 +51,13 @@ from urllib.parse import parse_qs, urlparse
 VERSION = os.environ.get("DEMO_VERSION", "0.0.0")
 FAIL_MODE = os.environ.get("DEMO_FAIL_MODE", "")
 PORT = int(os.environ.get("DEMO_PORT", "8000"))
-DATABASE_URL = os.environ.get("DEMO_DATABASE_URL", "")
-REDIS_URL = os.environ.get("DEMO_REDIS_URL", "")
-AMQP_URL = os.environ.get("DEMO_AMQP_URL", "")
+# DEMO_* first; the usual names (DATABASE_URL ...) when the demo stands in for another
+# application's images (lab/demo/jobsearch)
+DATABASE_URL = os.environ.get("DEMO_DATABASE_URL") or os.environ.get("DATABASE_URL", "")
+REDIS_URL = os.environ.get("DEMO_REDIS_URL") or os.environ.get("REDIS_URL", "")
+AMQP_URL = os.environ.get("DEMO_AMQP_URL") or os.environ.get("AMQP_URL", "")
+# served under this prefix as well as at the root (an API behind the edge's /api/)
+PATH_PREFIX = os.environ.get("DEMO_PATH_PREFIX", "").rstrip("/")
 QUEUE = os.environ.get("DEMO_QUEUE", "demo.items")
 API_URL = os.environ.get("DEMO_API_URL", "http://api:8000")
 HOSTNAME = socket.gethostname()
@@ -270,8 +277,14 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    def do_GET(self):
+    def route(self):
         url = urlparse(self.path)
+        if PATH_PREFIX and url.path.startswith(PATH_PREFIX + "/"):
+            url = url._replace(path=url.path[len(PATH_PREFIX):])
+        return url
+
+    def do_GET(self):
+        url = self.route()
         parts = [p for p in url.path.split("/") if p]
         try:
             if url.path == "/health":
@@ -339,7 +352,7 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, body)
 
     def do_POST(self):
-        url = urlparse(self.path)
+        url = self.route()
         try:
             length = int(self.headers.get("Content-Length") or 0)
             payload = json.loads(self.rfile.read(length) or b"{}")
@@ -470,6 +483,9 @@ def migrate():
         print(f"migration {VERSION} failed: column items.owner_id cannot be added: relation \"owners\" does not exist",
               file=sys.stderr, flush=True)
         return 1
+    if FAIL_MODE == "slowmigrate":
+        log("fail mode 'slowmigrate': applying in %s s" % os.environ.get("DEMO_MIGRATE_SECONDS", "45"))
+        time.sleep(float(os.environ.get("DEMO_MIGRATE_SECONDS", "45")))
     deadline = time.monotonic() + float(os.environ.get("DEMO_MIGRATE_WAIT", "60"))
     while True:
         try:
