@@ -86,8 +86,11 @@ class ComposeProject:
         return out
 
     def container(self, service):
+        """The replica's newest container; never a job's one-off container of the same
+        service (a killed run's migration, still running, is newer and on the new image)."""
         found = self.client.containers.list(all=True, filters={"label": [
-            "com.docker.compose.project=%s" % self.project, "com.docker.compose.service=%s" % service]})
+            "com.docker.compose.project=%s" % self.project, "com.docker.compose.service=%s" % service,
+            "com.docker.compose.oneoff=False"]})
         found.sort(key=lambda c: c.attrs.get("Created", ""), reverse=True)
         return found[0] if found else None
 
@@ -150,6 +153,13 @@ class ComposeProject:
             return self.run(self.argv("run", "--rm", "--no-deps", "-T", service, *argv, extra_files=[JOB_FILE]))
         finally:
             os.unlink(override)
+
+    def running_jobs(self):
+        """Names of the project's job containers (``docker compose run``) still running: one
+        an interrupted run left behind outlives its controller."""
+        return sorted(c.name for c in self.client.containers.list(filters={
+            "label": ["com.docker.compose.project=%s" % self.project, "com.docker.compose.oneoff=True"],
+            "status": "running"}))
 
     def logs(self, service, lines=20):
         try:
@@ -251,17 +261,36 @@ def _gate(project, service, port, gate, runner):
                            timeout=gate.get("timeout", 60), stable_seconds=gate.get("stable_seconds", 0), **kwargs)
 
 
-def run_job(project, name, service, target, argv, pull=True, clock=time.monotonic):
+def wait_for_earlier_jobs(project, timeout, clock=time.monotonic, sleep=time.sleep):
+    """Waits until no job container of the project runs (a migration must never run twice
+    at once: an interrupted run's may still be applying). Returns the names waited for;
+    raises RolloutError naming them if they still run after ``timeout`` seconds."""
+    deadline = clock() + timeout
+    seen = running = project.running_jobs()
+    while running:
+        if clock() >= deadline:
+            raise RolloutError("job container(s) %s of an earlier run still running after %d s; "
+                               "a job never runs beside another: let it end, or stop it "
+                               "(docker stop %s), then run again" % (", ".join(running), timeout, " ".join(running)))
+        sleep(2)
+        running = project.running_jobs()
+        seen = sorted(set(seen) | set(running))
+    return seen
+
+
+def run_job(project, name, service, target, argv, pull=True, clock=time.monotonic, wait=600):
     """Runs one of the release's jobs (a migration) in ``service`` on the image ``target``,
-    pinned by digest first so that what ran is known. Returns {name, service, image,
-    pinned, seconds, output}; raises RolloutError with one line saying why when it fails
-    (its exit code and last output line), the job dict in ``step``."""
+    pinned by digest first so that what ran is known, once no earlier run's job still runs
+    (``wait``: how long to wait for one). Returns {name, service, image, pinned, seconds,
+    output, waited_for}; raises RolloutError with one line saying why when it fails (its
+    exit code and last output line), the job dict in ``step``."""
     started = clock()
+    waited_for = wait_for_earlier_jobs(project, wait, clock)
     pinned = project.resolve(target, pull)[1]
     rc, out, err = project.run_once(service, pinned, argv)
     output = ((out or "") + (err or "")).strip()
     job = {"name": name, "service": service, "image": target, "pinned": pinned, "rc": rc,
-           "seconds": round(clock() - started, 3), "output": output[-4000:]}
+           "seconds": round(clock() - started, 3), "output": output[-4000:], "waited_for": waited_for}
     if rc != 0:
         lines = [line.strip() for line in (err or out or "").splitlines() if line.strip()]
         raise RolloutError("job %s (in %s, image %s) failed with exit code %d: %s"

@@ -40,7 +40,9 @@ description:
   - O(action=status) reports what runs now (image, image ID, digest, health) per replica, for plans.
   - O(action=job) runs one of the release's jobs (a migration) once, C(docker compose run --rm) of O(command) in the
     Compose service O(replica) on O(image), pinned by digest, without publishing ports or starting dependencies. The
-    playbooks run each job on one app host, before any replica of the new release takes traffic.
+    playbooks run each job on one app host, before any replica of the new release takes traffic. A job container of
+    the project that is still running (an interrupted run's migration outlives its controller) is waited for, up to
+    10 minutes, so that two jobs never run at once; the job fails naming it after that.
 author:
   - keelson.stack developers (@keelson)
 options:
@@ -303,7 +305,8 @@ step:
       description: Why the new container failed, with its last log lines.
       type: str
 job:
-  description: With O(action=job), the job that ran (C(name), C(service), C(image), C(pinned), C(rc), C(seconds), C(output)).
+  description: With O(action=job), the job that ran (C(name), C(service), C(image), C(pinned), C(rc), C(seconds), C(output)),
+    and C(waited_for), the earlier runs' job containers it waited for.
   returned: when action is job
   type: dict
 serving:
@@ -424,6 +427,9 @@ def main():
             job = run_job(compose, p["job"], p["replica"], p["image"], p["command"], pull=p["pull"])
         except RolloutError as exc:
             module.fail_json(msg=str(exc), job=exc.step, changed=True)
+        if job["waited_for"]:
+            module.warn("job %s waited for %s, left running by an earlier run, to end"
+                        % (p["job"], ", ".join(job["waited_for"])))
         module.exit_json(changed=True, job=job)
 
     if p["replica"] not in ports:

@@ -8,7 +8,8 @@ and the scheduler, one at a time; the migration once) -> restart -> three broken
 (only the canary touched, rolled back) -> a failing migration (nothing changed) -> rollback
 to 1.0.0 -> a late failure (all hosts end
 on 1.0.0) -> a second deploy refused by the lock -> a dead run's lock released by name ->
-a controller killed mid-rollout and the rerun. The load never resends (a request sent on a
+a controller killed mid-rollout and the rerun -> killed during the migration, and mid second
+batch, each rerun once the dead run is named. The load never resends (a request sent on a
 keep-alive connection nginx closed is an error, as for Python requests or Node's agent), and
 every rollout asserts 0 non-2xx, 0 socket errors, 0 resends and no nginx reload."""
 import json
@@ -313,3 +314,76 @@ def test_controller_killed_mid_rollout_then_rerun(load):
     no_backend_down()
     closed = [r for r in records("app1") if r["id"] == killed][0]
     assert closed["outcome"] == "failed" and closed["reason"].startswith("interrupted"), closed
+
+
+def kill_when(proc, reached, what, timeout=300):
+    """kill -9 of the controller (its whole process group) once reached() is true."""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and not reached():
+            time.sleep(0.3)
+        assert proc.poll() is None, "the run ended before %s:\n%s" % (what, proc.stdout.read()[-5000:])
+        assert time.monotonic() < deadline, "never saw %s" % what
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def name_the_dead_run():
+    """What an operator does after a killed run: release its lock by naming it (deploy_lock.yml)."""
+    owner = json.loads(on("app1", "cat", LOCK))["owner"]
+    released = Playbook("deploy_lock.yml", {"keelson_lock_release": owner}).run()
+    assert released.returncode == 0, released.output[-3000:]
+    return owner
+
+
+def service_container_ids(host):
+    """The ids of the project's service containers (not the jobs' one-off ones)."""
+    return on(host, "docker", "ps", "-q", "--no-trunc", "--filter", "label=com.docker.compose.project=demo",
+              "--filter", "label=com.docker.compose.oneoff=False").split()
+
+
+def migration_running():
+    return bool(on("app1", "docker", "ps", "-q", "--filter", "label=com.docker.compose.oneoff=True",
+                   "--filter", "label=com.docker.compose.project=demo").split())
+
+
+def test_controller_killed_during_the_migration_then_rerun(load):
+    """kill -9 while the release's migration runs (this release's takes 45 s): no replica has
+    changed, and the migration outlives its controller. Once the dead run is named, the
+    rerun waits for that migration to end before it runs its own (never two at once), then
+    ends all-new."""
+    tag = "1.1.0-slowmigration"
+    migrations = migration_runs(tag)
+    ids = {host: service_container_ids(host) for host in APP_HOSTS}
+    kill_when(Playbook("deploy.yml", {"app_version": tag}).start(), migration_running, "the migration running")
+    assert {host: service_container_ids(host) for host in APP_HOSTS} == ids
+    name_the_dead_run()
+    assert migration_running(), "the dead run's migration should still be applying"
+    rerun = Playbook("deploy.yml", {"app_version": tag}).run()
+    finish_load(load)
+    assert rerun.returncode == 0, rerun.output[-6000:]
+    assert re.search(r"job migrate waited for \S+, left running by an earlier run", rerun.output), rerun.output[-6000:]
+    assert versions() == all_on(tag)
+    assert migration_runs(tag) == migrations + 2, "the dead run's migration and the rerun's, one after the other"
+    no_backend_down()
+
+
+def test_controller_killed_mid_second_batch_then_rerun(load):
+    """kill -9 once the second batch (app2) has replaced a replica: app1 is all-new, app2 mixed;
+    once the dead run is named, the rerun ends all-new on both hosts with nothing down."""
+    extra = {"app_version": "1.0.0"}
+    known = {r["id"] for r in records("app2")}
+
+    def second_batch_replaced():
+        ours = [r for r in records("app2") if r["id"] not in known and r["outcome"] == "in_progress"]
+        return bool(ours) and any(s["outcome"] == "replaced" for s in ours[-1]["replicas"])
+
+    kill_when(Playbook("deploy.yml", extra).start(), second_batch_replaced, "a replica replaced on app2")
+    name_the_dead_run()
+    rerun = Playbook("deploy.yml", extra).run()
+    finish_load(load)
+    assert rerun.returncode == 0, rerun.output[-6000:]
+    assert versions() == all_on("1.0.0")
+    no_backend_down()
