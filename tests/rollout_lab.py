@@ -85,7 +85,9 @@ def all_on(version):
 
 
 def container_ids(host):
-    return on(host, "docker", "ps", "-q", "--no-trunc", "--filter", "label=com.docker.compose.project=demo").split()
+    """The ids of the project's service containers (not the jobs' one-off ones)."""
+    return on(host, "docker", "ps", "-q", "--no-trunc", "--filter", "label=com.docker.compose.project=demo",
+              "--filter", "label=com.docker.compose.oneoff=False").split()
 
 
 def records(host):

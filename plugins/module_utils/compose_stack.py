@@ -29,6 +29,8 @@ import hashlib
 import math
 import re
 
+from ansible_collections.keelson.stack.plugins.module_utils.probes import docker_health_probe
+
 PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -583,8 +585,7 @@ def wait_probes(containers):
     healthcheck. A container without one, or whose healthcheck is disabled (``disable:
     true``, or ``HEALTHCHECK NONE`` in its image, which ``docker compose up --wait``
     refuses), counts once it runs."""
-    return [{"type": "docker", "name": "docker health of %s" % c["Name"], "container": c["Name"],
-             "require_healthcheck": False, "timeout": 5} for c in sorted(containers, key=lambda c: c["Name"])]
+    return [docker_health_probe(name) for name in sorted(c["Name"] for c in containers)]
 
 
 def health_report(containers):

@@ -194,6 +194,17 @@ def docker_probe(probe, client=None):
                    fatal=health.get("Status") == "unhealthy")
 
 
+def docker_health_probe(container, max_restarts=None):
+    """The docker probe of ``container``: running, and healthy where it has a healthcheck
+    (one without, or with it disabled, passes once it runs); with ``max_restarts``, more
+    restarts than that fail it."""
+    probe = {"type": "docker", "name": "docker health of %s" % container, "container": container,
+             "require_healthcheck": False, "timeout": 5}
+    if max_restarts is not None:
+        probe["max_restarts"] = max_restarts
+    return probe
+
+
 def run_probe(probe):
     kind = probe["type"]
     if kind == "http":

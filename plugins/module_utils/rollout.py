@@ -29,7 +29,7 @@ import json
 import os
 import time
 
-from ansible_collections.keelson.stack.plugins.module_utils.probes import GateFailed, wait_for_probes
+from ansible_collections.keelson.stack.plugins.module_utils.probes import GateFailed, docker_health_probe, wait_for_probes
 from ansible_collections.keelson.stack.plugins.module_utils.release import write_json_atomically
 
 PIN_FILE = "compose.rollout.yaml"
@@ -172,11 +172,8 @@ def default_probes(container, port, health_path, status, address="127.0.0.1"):
     """Docker's view of the container, and its health path when it publishes a port. A
     service without one (a worker) is gated on its Docker healthcheck, or, without a
     healthcheck, on running without a restart for the gate's stable period."""
-    probes = [
-        # a container created for this gate that has already restarted has crashed
-        {"type": "docker", "name": "docker health of %s" % container, "container": container,
-         "require_healthcheck": False, "max_restarts": 0, "timeout": 5},
-    ]
+    # a container created for this gate that has already restarted has crashed
+    probes = [docker_health_probe(container, max_restarts=0)]
     if port:
         probes.append({"type": "http", "name": "http %s:%d%s" % (address, port, health_path),
                        "url": "http://%s:%d%s" % (address, port, health_path), "status": status, "timeout": 2})
@@ -284,8 +281,8 @@ def run_job(project, name, service, target, argv, pull=True, clock=time.monotoni
     (``wait``: how long to wait for one). Returns {name, service, image, pinned, seconds,
     output, waited_for}; raises RolloutError with one line saying why when it fails (its
     exit code and last output line), the job dict in ``step``."""
-    started = clock()
     waited_for = wait_for_earlier_jobs(project, wait, clock)
+    started = clock()
     pinned = project.resolve(target, pull)[1]
     rc, out, err = project.run_once(service, pinned, argv)
     output = ((out or "") + (err or "")).strip()

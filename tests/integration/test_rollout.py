@@ -198,18 +198,27 @@ def test_rollback_returns_to_the_previous_release(load):
     no_backend_down()
 
 
+def wait_while_running(proc, reached, what, timeout=300):
+    """Returns once reached() is true; fails if the run ends first or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not reached():
+        time.sleep(0.3)
+    assert proc.poll() is None, "the run ended before %s:\n%s" % (what, proc.stdout.read()[-5000:])
+    assert time.monotonic() < deadline, "never saw %s" % what
+
+
+def a_replica_replaced(host, known=()):
+    """Whether the host's newest run in progress (not one of the ``known`` ids) has replaced a replica."""
+    ours = [r for r in records(host) if r["id"] not in known and r["outcome"] == "in_progress"]
+    return bool(ours) and any(s["outcome"] == "replaced" for s in ours[-1]["replicas"])
+
+
 def test_late_failure_rolls_every_host_back(load):
     """The canary (app1) breaks inside the monitoring window that follows batch 2: app2
     was already on 1.1.0, and both end on 1.0.0."""
     proc = Playbook("deploy.yml", {"app_version": "1.1.0", "rollout_monitor_seconds": 25}).start()
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
-            recs = [r for r in records("app2") if r["outcome"] == "in_progress"]
-            if recs and any(s["outcome"] == "replaced" for s in recs[-1]["replicas"]):
-                break
-            time.sleep(1)
-        assert proc.poll() is None, proc.stdout.read()[-5000:]
+        wait_while_running(proc, lambda: a_replica_replaced("app2"), "a replica replaced on app2", timeout=600)
         # batch 2 is under way: make the canary's first replica fail its health checks
         on("app1", "docker", "exec", "demo-api-1-1", "touch", "/tmp/demo-fail")
         output, _ = proc.communicate(timeout=900)
@@ -241,12 +250,8 @@ def test_a_second_deploy_fails_fast_naming_the_holder():
     1.1.0), the second is refused by the lock."""
     first = Playbook("rollback.yml", {"release": RUNS["deploy 1.1.0"]}).start()
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and first.poll() is None:
-            if subprocess.run(["docker", "exec", "keelson-lab-app1", "test", "-s", LOCK]).returncode == 0:
-                break
-            time.sleep(0.5)
-        assert first.poll() is None, first.stdout.read()[-5000:]
+        wait_while_running(first, lambda: subprocess.run(["docker", "exec", "keelson-lab-app1", "test", "-s", LOCK])
+                           .returncode == 0, "the lock taken")
         started = time.monotonic()
         second = Playbook("deploy.yml", {"app_version": "1.1.0"}).run()
         took = time.monotonic() - started
@@ -287,25 +292,30 @@ def test_a_dead_runs_lock_is_released_by_naming_it():
         on("app1", "rm", "-f", LOCK)
 
 
+def kill_when(proc, reached, what, timeout=300):
+    """kill -9 of the controller (its whole process group) once reached() is true."""
+    try:
+        wait_while_running(proc, reached, what, timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_controller_killed_mid_rollout_then_rerun(load):
     """kill -9 of ansible-playbook while app1's first replica is being replaced; the rerun
     (waiting out the dead run's lock, whose ttl is short here) ends all-new, nothing down,
     and closes the dead run's record as failed."""
     extra = {"app_version": "1.0.0", "rollout_lock_ttl": 20}
     known = {r["id"] for r in records("app1")}
-    proc = Playbook("deploy.yml", extra).start()
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            ours = [r for r in records("app1") if r["id"] not in known and r["outcome"] == "in_progress"]
-            if ours and ours[-1]["replicas"]:
-                break
-            time.sleep(0.3)
-        assert proc.poll() is None, proc.stdout.read()[-5000:]
-        killed = ours[-1]["id"]
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    ours = []
+
+    def first_replica_begun():
+        ours[:] = [r for r in records("app1") if r["id"] not in known and r["outcome"] == "in_progress"]
+        return bool(ours) and bool(ours[-1]["replicas"])
+
+    kill_when(Playbook("deploy.yml", extra).start(), first_replica_begun, "app1's first replica being replaced")
+    killed = ours[-1]["id"]
     rerun = Playbook("deploy.yml", dict(extra, rollout_lock_wait=120)).run()
     finish_load(load)
     assert rerun.returncode == 0, rerun.output[-6000:]
@@ -316,32 +326,12 @@ def test_controller_killed_mid_rollout_then_rerun(load):
     assert closed["outcome"] == "failed" and closed["reason"].startswith("interrupted"), closed
 
 
-def kill_when(proc, reached, what, timeout=300):
-    """kill -9 of the controller (its whole process group) once reached() is true."""
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None and not reached():
-            time.sleep(0.3)
-        assert proc.poll() is None, "the run ended before %s:\n%s" % (what, proc.stdout.read()[-5000:])
-        assert time.monotonic() < deadline, "never saw %s" % what
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def name_the_dead_run():
     """What an operator does after a killed run: release its lock by naming it (deploy_lock.yml)."""
     owner = json.loads(on("app1", "cat", LOCK))["owner"]
     released = Playbook("deploy_lock.yml", {"keelson_lock_release": owner}).run()
     assert released.returncode == 0, released.output[-3000:]
     return owner
-
-
-def service_container_ids(host):
-    """The ids of the project's service containers (not the jobs' one-off ones)."""
-    return on(host, "docker", "ps", "-q", "--no-trunc", "--filter", "label=com.docker.compose.project=demo",
-              "--filter", "label=com.docker.compose.oneoff=False").split()
 
 
 def migration_running():
@@ -356,9 +346,9 @@ def test_controller_killed_during_the_migration_then_rerun(load):
     ends all-new."""
     tag = "1.1.0-slowmigration"
     migrations = migration_runs(tag)
-    ids = {host: service_container_ids(host) for host in APP_HOSTS}
+    ids = {host: container_ids(host) for host in APP_HOSTS}
     kill_when(Playbook("deploy.yml", {"app_version": tag}).start(), migration_running, "the migration running")
-    assert {host: service_container_ids(host) for host in APP_HOSTS} == ids
+    assert {host: container_ids(host) for host in APP_HOSTS} == ids
     name_the_dead_run()
     assert migration_running(), "the dead run's migration should still be applying"
     rerun = Playbook("deploy.yml", {"app_version": tag}).run()
@@ -375,12 +365,8 @@ def test_controller_killed_mid_second_batch_then_rerun(load):
     once the dead run is named, the rerun ends all-new on both hosts with nothing down."""
     extra = {"app_version": "1.0.0"}
     known = {r["id"] for r in records("app2")}
-
-    def second_batch_replaced():
-        ours = [r for r in records("app2") if r["id"] not in known and r["outcome"] == "in_progress"]
-        return bool(ours) and any(s["outcome"] == "replaced" for s in ours[-1]["replicas"])
-
-    kill_when(Playbook("deploy.yml", extra).start(), second_batch_replaced, "a replica replaced on app2")
+    kill_when(Playbook("deploy.yml", extra).start(), lambda: a_replica_replaced("app2", known),
+              "a replica replaced on app2")
     name_the_dead_run()
     rerun = Playbook("deploy.yml", extra).run()
     finish_load(load)

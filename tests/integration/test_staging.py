@@ -60,16 +60,6 @@ def start_host(short, suffix):
                     "/lib/systemd/systemd"], capture_output=True, check=True)
 
 
-def booted(short):
-    for _ in range(90):
-        state = subprocess.run(["docker", "exec", container(short), "systemctl", "is-system-running"],
-                               capture_output=True, text=True).stdout.strip()
-        if state in ("running", "degraded"):
-            return state
-        time.sleep(1)
-    return state
-
-
 def sh(short, script, input=None):
     res = subprocess.run(["docker", "exec", "-i", container(short), "sh", "-c", script], input=input,
                          capture_output=True, text=True, timeout=300)
@@ -178,8 +168,8 @@ def staging(lab):
     for short, suffix in HOSTS.items():
         start_host(short, suffix)
     try:
-        states = {short: booted(short) for short in HOSTS}
-        assert all(s in ("running", "degraded") for s in states.values()), states
+        for short in HOSTS:
+            labpy.wait_systemd("staging-" + short)  # lab.py names its containers keelson-lab-<name>
         root = acme_root(lab_vars)
         sh("lb1", "cat > /usr/local/share/ca-certificates/lab-acme-root.crt && update-ca-certificates >/dev/null",
            input=root)
