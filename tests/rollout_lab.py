@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -153,6 +154,74 @@ def edge(timeout=60):
     conn._create_connection = lambda _host_port, *args, **kwargs: socket.create_connection(
         (EDGE_ADDRESS, 443), *args, **kwargs)
     return conn
+
+
+class ServingSampler:
+    """Samples, on lb1, every `interval` seconds, which backends nginx's balancer has up in
+    each upstream (one control-socket read per upstream, in one docker exec): the fewest
+    up per upstream and app host, and when each backend went out and came back."""
+
+    def __init__(self, interval=0.5):
+        self.interval = interval
+        self.samples = []  # (epoch, {upstream: {backend: state}})
+        self._stop = threading.Event()
+        self._crash = None
+        self._thread = threading.Thread(target=self._run, name="serving-sampler", daemon=True)
+        script = "; ".join("curl -sS --unix-socket %s http://lb1/upstreams/%s; echo" % (CONTROL_SOCKET, u)
+                           for u in UPSTREAMS)
+        self._argv = ["sh", "-c", script]
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        if self._crash:
+            raise RuntimeError("the serving sampler stopped") from self._crash
+        return self
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                at = time.time()
+                docs = [json.loads(line) for line in on("lb1", *self._argv).splitlines() if line.strip()]
+                self.samples.append((at, dict((d["upstream"], dict((b, v["state"]) for b, v in d["backends"].items()))
+                                              for d in docs)))
+                self._stop.wait(max(0.0, self.interval - (time.time() - at)))
+        except Exception as exc:  # noqa: BLE001 - reported by stop()
+            self._crash = exc
+
+    def min_serving(self):
+        """{(upstream, app host): (fewest backends up in any sample, backends)}."""
+        hosts = dict((private_address(h), h) for h in APP_HOSTS)
+        out = {}
+        for _at, states in self.samples:
+            for upstream, backends in states.items():
+                for host in sorted(set(hosts.values())):
+                    mine = [s for b, s in backends.items() if hosts.get(b.rsplit(":", 1)[0]) == host]
+                    if not mine:
+                        continue
+                    up = sum(1 for s in mine if s == "up")
+                    fewest, total = out.get((upstream, host), (up, len(mine)))
+                    out[(upstream, host)] = (min(fewest, up), total)
+        return out
+
+    def out_spans(self):
+        """[(upstream, backend, went out, came back)]: the sampled spans a backend was not up
+        (None for a span still open at the last sample)."""
+        spans, since = [], {}
+        for at, states in self.samples:
+            for upstream, backends in states.items():
+                for backend, state in backends.items():
+                    key = (upstream, backend)
+                    if state != "up" and key not in since:
+                        since[key] = at
+                    elif state == "up" and key in since:
+                        spans.append((upstream, backend, since.pop(key), at))
+        spans += [(u, b, t, None) for (u, b), t in since.items()]
+        return sorted(spans, key=lambda s: s[2])
 
 
 def nginx_processes():

@@ -1,7 +1,7 @@
 """Rolling restart and deploy of the demo API (2 app hosts x 2 replicas) under constant
 HTTPS load through nginx on lb1. Prints, per rollout: requests, non-2xx, socket errors,
 p50/p99 before vs during, the total roll time, and its ratio to the sum of the replicas'
-boot-to-healthy times (from the release records, measured in the same run; goal <= 1.5).
+boot-to-healthy times (from the release records, measured in the same run; goal <= 1.3).
 
 The roll time is the span of the release records: from the first replica's replacement
 (right after its drain) to the records' close at the end of the run, so it includes
@@ -16,14 +16,23 @@ during / p99 before (goal <= 1.2) and the resends (requests sent on a keep-alive
 connection nginx closed; 0 on the runtime path). test_reload_path_resends puts the same
 load through the reloads the reload path made for one rolling restart (a drain and a
 put-back per replica, `systemctl reload nginx`, spaced RELOAD_SPACING apart) and prints
-its resends next to the runtime path's."""
+its resends next to the runtime path's.
+
+Each rollout also prints the fewest backends nginx had up per upstream and app host
+(sampled on lb1 every 0.5 s; goal: the replica count, which needs start-first), and
+writes its timeline as a PNG (.cache/bench/rollout-*.png: load, latency, backends up,
+each replica's replacement)."""
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rollout_lab import (  # noqa: E402
-    APP_HOSTS, REPLICAS, Playbook, epoch, finish_load, on, record_of, run_id, start_load, versions)
+    APP_HOSTS, REPLICAS, Playbook, ServingSampler, epoch, finish_load, on, private_address, record_of, run_id,
+    start_load, versions)
+from timeline import write_timeline  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
 
 PLANS = {
     "small": {"workers": 4, "runs": [("rolling_restart.yml", {})]},
@@ -55,18 +64,21 @@ def other_version():
 def test_rollout_under_load(bench_size, run):
     playbook, step = run
     extra = {} if step == "same" else {"app_version": other_version()}
+    serving = ServingSampler().start()
     load = start_load(workers=PLANS[bench_size["name"]]["workers"], baseline=10, resend=True)
     started = time.time()
     res = Playbook(playbook, dict(SETTINGS, **extra)).run()
     wall = time.time() - started
     stats = finish_load(load)
+    serving.stop()
     assert res.returncode == 0, res.output[-6000:]
     rid = run_id(res.output)
-    steps, spans = [], []
+    steps, spans, host_steps = [], [], []
     for host in APP_HOSTS:
         record = record_of(host, rid)
         assert record and record["outcome"] == "succeeded", record
         steps += record["replicas"]
+        host_steps += [(host, s) for s in record["replicas"]]
         spans.append((epoch(record["started_at"]), epoch(record["finished_at"])))
     boot = sum(s["boot_to_healthy_seconds"] for s in steps)
     per_replica = sum(s["seconds"] for s in steps)
@@ -79,10 +91,20 @@ def test_rollout_under_load(bench_size, run):
                                         during["non_2xx"], during["socket_errors"], during["p50_ms"],
                                         during["p99_ms"]))
     print("  roll time %.1f s (playbook wall %.1f s), replica steps %.1f s, boot-to-healthy sum %.1f s: "
-          "ratio roll/boot %.2f (goal <= 1.5), playbook wall/boot %.2f"
+          "ratio roll/boot %.2f (goal <= 1.3), playbook wall/boot %.2f"
           % (roll, wall, per_replica, boot, roll / boot, wall / boot))
     print("  p99 during / p99 before: %.2f (goal <= 1.2); resends (runtime path): %d"
           % (during["p99_ms"] / before["p99_ms"], during["stale_retries"]))
+    fewest = serving.min_serving()
+    print("  fewest backends up per app host (of its replicas; goal: all, with start-first): "
+          + ", ".join("%s on %s %d/%d" % (upstream, host, up, total)
+                      for (upstream, host), (up, total) in sorted(fewest.items())))
+    picture = ROOT / ".cache" / "bench" / ("rollout-%s-%s.png" % (playbook.split(".")[0], step))
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    write_timeline(picture, "%s (%s), run %s" % (playbook, step, rid), load.results(), load.marks,
+                   [(host, dict(s, end=epoch(s["at"]))) for host, s in host_steps],
+                   serving, dict((private_address(h), h) for h in APP_HOSTS))
+    print("  timeline: %s" % picture)
     RESENDS.setdefault("runtime", []).append(during["stale_retries"])
     assert during["non_2xx"] == 0 and during["socket_errors"] == 0
 
