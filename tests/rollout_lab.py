@@ -28,6 +28,8 @@ APP_HOSTS = ["app1", "app2"]
 REPLICAS = ["api-1", "api-2", "web"]
 PORTLESS = {"app1": ["worker-1", "worker-2", "scheduler"], "app2": ["worker-1", "worker-2"]}
 UPSTREAMS = ("api", "web")
+# the api's surge replica (start_first): nginx holds its server drained between rollouts
+SURGE_PORTS = {8003}
 PROJECT_DIR = "/opt/keelson/stacks/demo"
 LOCK = "/opt/keelson/locks/lab.lock"
 CA = ROOT / ".cache" / "pki" / "lab" / "ca.crt"
@@ -194,27 +196,29 @@ class ServingSampler:
             self._crash = exc
 
     def min_serving(self):
-        """{(upstream, app host): (fewest backends up in any sample, backends)}."""
+        """{(upstream, app host): (fewest backends up in any sample, the host's replicas)}; a
+        surge replica counts while it is up."""
         hosts = dict((private_address(h), h) for h in APP_HOSTS)
         out = {}
         for _at, states in self.samples:
             for upstream, backends in states.items():
                 for host in sorted(set(hosts.values())):
-                    mine = [s for b, s in backends.items() if hosts.get(b.rsplit(":", 1)[0]) == host]
+                    mine = [(b, s) for b, s in backends.items() if hosts.get(b.rsplit(":", 1)[0]) == host]
                     if not mine:
                         continue
-                    up = sum(1 for s in mine if s == "up")
-                    fewest, total = out.get((upstream, host), (up, len(mine)))
-                    out[(upstream, host)] = (min(fewest, up), total)
+                    up = sum(1 for _b, s in mine if s == "up")
+                    replicas = sum(1 for b, _s in mine if not is_surge(b))
+                    fewest, _ = out.get((upstream, host), (up, replicas))
+                    out[(upstream, host)] = (min(fewest, up), replicas)
         return out
 
     def out_spans(self):
-        """[(upstream, backend, went out, came back)]: the sampled spans a backend was not up
-        (None for a span still open at the last sample)."""
+        """[(upstream, backend, went out, came back)]: the sampled spans a replica's backend was
+        not up (None for a span still open at the last sample)."""
         spans, since = [], {}
         for at, states in self.samples:
             for upstream, backends in states.items():
-                for backend, state in backends.items():
+                for backend, state in [(b, s) for b, s in backends.items() if not is_surge(b)]:
                     key = (upstream, backend)
                     if state != "up" and key not in since:
                         since[key] = at
@@ -266,9 +270,21 @@ def finish_load(load, reloads_allowed=False):
     return stats
 
 
+def is_surge(backend):
+    """Whether a backend (ADDRESS:PORT, or an upstream file's server line) is a surge replica's."""
+    return any(re.search(r":%d\b" % port, backend) for port in SURGE_PORTS)
+
+
+def down_backends():
+    """The server lines nginx holds drained, but for the surge replicas' (drained at rest)."""
+    return [line for line in upstream_file().splitlines() if " down" in line and not is_surge(line)]
+
+
 def no_backend_down():
-    text = upstream_file()
-    assert " down" not in text, text
+    assert down_backends() == [], upstream_file()
+    for upstream in UPSTREAMS:
+        surges = [b for b, v in runtime_state(upstream)["backends"].items() if is_surge(b) and v["state"] != "down"]
+        assert surges == [], "surge replicas left in nginx: %s" % surges
 
 
 

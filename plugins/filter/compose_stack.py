@@ -20,7 +20,9 @@ description:
     (which pins of C(compose.rollout.yaml) still match compose.yaml's images) C(compose_stack_rollout_units)
     (what a rollout replaces on the host, one unit per replica, every published service's replicas, then every
     service without published ports, as M(keelson.stack.compose_rollout) takes them),
-    C(compose_stack_rollout_targets) (the image each of those units goes to), C(compose_stack_for_host)
+    C(compose_stack_rollout_surges) (the surge replicas of the start_first services, which a rollout starts
+    before it replaces their replicas), C(compose_stack_rollout_targets) (the image each of those units goes
+    to), C(compose_stack_for_host)
     (the services placed on the host it is rendered for, and their jobs), C(compose_stack_host_jobs) (the jobs of
     those services, with the Compose service each runs in) and C(compose_stack_jobs_once) (each job once, on the
     first app host that asks for it), C(compose_stack_exec_target) (the app host and Compose service
@@ -93,6 +95,10 @@ def compose_stack_preflight_services(stack, services, previous):
 
 def compose_stack_rollout_units(stack, backends, services=None):
     return cs.rollout_units(stack, backends, services)
+
+
+def compose_stack_rollout_surges(stack, backends, services=None):
+    return cs.rollout_surges(stack, backends, services)
 
 
 def compose_stack_rollout_targets(stack, backends, services=None, image=None):
@@ -175,6 +181,7 @@ class FilterModule(object):
             "compose_stack_health_report": compose_stack_health_report,
             "compose_stack_rollout_pins": compose_stack_rollout_pins,
             "compose_stack_rollout_units": compose_stack_rollout_units,
+            "compose_stack_rollout_surges": compose_stack_rollout_surges,
             "compose_stack_rollout_targets": compose_stack_rollout_targets,
             "compose_stack_for_host": compose_stack_for_host,
             "compose_stack_exec_target": compose_stack_exec_target,

@@ -13,7 +13,11 @@ reach.
 A service with ``replicas`` >= 2 becomes one Compose service per replica,
 ``<name>-<n>``, each answering on the service's name too (a network alias). A
 published port becomes ``port + n - 1``: each replica is one nginx upstream server.
-Either way a rollout replaces one replica at a time.
+Either way a rollout replaces one replica at a time. A published service with
+``start_first`` also gets a surge replica, ``<name>-surge``, on the port after its last
+replica's (``port + replicas``): Compose starts it only when a rollout names it (profile
+``surge``), and nginx holds it drained, so a deploy starts the new release there before
+the first old replica is drained, and a host never serves with fewer than ``replicas``.
 
 The role adds ``host`` (the inventory host it renders for) and ``hosts`` (the app
 hosts, in inventory order). A service's ``placement`` picks the hosts it runs on:
@@ -71,6 +75,20 @@ def published(service):
         for port in _ports(service):
             out.append((name, index + 1, dict(port, published=int(port["published"]) + index)))
     return out
+
+
+def surge_name(service):
+    """The surge replica's Compose service name, or None for a service without start_first."""
+    return "%s-surge" % service["name"] if service.get("start_first") else None
+
+
+def surge_published(service):
+    """published() of the surge replica: the port slot after the last replica's."""
+    name = surge_name(service)
+    if name is None:
+        return []
+    replicas = int(service.get("replicas") or 1)
+    return [(name, "surge", dict(port, published=int(port["published"]) + replicas)) for port in _ports(service)]
 
 
 def placed_hosts(service, hosts):
@@ -177,12 +195,16 @@ def validate(stack):
                 errors.append("%s: health_path is probed on a published port, and this service publishes none "
                               "(a service without ports is gated on its Docker healthcheck)" % where)
 
-        for compose_name in replica_names(svc):
+        if svc.get("start_first") and not _ports(svc):
+            errors.append("%s: start_first starts the new release on a spare published port before an old "
+                          "replica stops, and this service publishes none (a service without ports is "
+                          "replaced one replica at a time)" % where)
+        for compose_name in replica_names(svc) + ([surge_name(svc)] if surge_name(svc) else []):
             if compose_name in seen_compose and seen_compose[compose_name] != name:
                 errors.append("%s: Compose service name %r is already used by service %r"
                               % (where, compose_name, seen_compose[compose_name]))
             seen_compose.setdefault(compose_name, name)
-        for compose_name, _n, port in published(svc):
+        for compose_name, _n, port in published(svc) + surge_published(svc):
             if not 1 <= port["published"] <= 65535:
                 errors.append("%s: host port %d of %s is out of range"
                               % (where, port["published"], compose_name))
@@ -328,6 +350,25 @@ def _service_body(svc, stack, replica, compose_names):
     return body
 
 
+def _port_spec(port, bind_address):
+    host_ip = port.get("host_ip") or bind_address
+    return "%s%d:%d/%s" % (host_ip + ":" if host_ip else "", port["published"], int(port["target"]),
+                           port.get("protocol") or "tcp")
+
+
+def _surge_body(svc, stack, compose_names, bind_address):
+    """A replica on the spare port slot, started only when named (profile ``surge``), never
+    restarted by Docker (a host's reboot must not bring back a surge nginx holds drained),
+    answering on the service's name like the other replicas."""
+    body = _service_body(svc, stack, "surge", compose_names)
+    body["ports"] = [_port_spec(port, bind_address) for _name, _n, port in surge_published(svc)]
+    body["profiles"] = ["surge"]
+    body["restart"] = "no"
+    body["networks"] = dict((net, {"aliases": [svc["name"]]}) for net in svc.get("networks") or ["default"])
+    body["labels"]["keelson.stack.replica"] = "surge"
+    return body
+
+
 def compose(stack, bind_address=""):
     """The Compose document (a dict) for a validated stack. ``bind_address`` is the host
     address ports are published on when a port sets no host_ip ("" = every address)."""
@@ -339,12 +380,12 @@ def compose(stack, bind_address=""):
             body = _service_body(svc, stack, index + 1, compose_names)
             ports = []
             for _name, _n, port in [p for p in published(svc) if p[0] == name]:
-                host_ip = port.get("host_ip") or bind_address
-                ports.append("%s%d:%d/%s" % (host_ip + ":" if host_ip else "", port["published"],
-                                             int(port["target"]), port.get("protocol") or "tcp"))
+                ports.append(_port_spec(port, bind_address))
             if ports:
                 body["ports"] = ports
             services[name] = body
+        if surge_name(svc):
+            services[surge_name(svc)] = _surge_body(svc, stack, compose_names, bind_address)
     doc = {"name": stack["project"], "services": services}
     if stack.get("volumes"):
         doc["volumes"] = dict((v, {}) for v in stack["volumes"])
@@ -357,16 +398,19 @@ def compose(stack, bind_address=""):
 
 
 def backends(stack, host):
-    """{service: [{"host", "port", "replica"}]} for every published TCP port, in replica
-    order: what an nginx upstream per service is made of."""
+    """{service: [{"host", "port", "replica", "surge"?}]} for every published TCP port, in
+    replica order, the surge replica last (``surge: true``): what an nginx upstream per
+    service is made of."""
     stack = for_host(stack)
     out = {}
     for svc in stack["services"]:
-        for name, _n, port in published(svc):
+        for name, n, port in published(svc) + surge_published(svc):
             if (port.get("protocol") or "tcp") != "tcp":
                 continue
-            out.setdefault(svc["name"], []).append(
-                {"host": port.get("host_ip") or host, "port": port["published"], "replica": name})
+            backend = {"host": port.get("host_ip") or host, "port": port["published"], "replica": name}
+            if n == "surge":
+                backend["surge"] = True
+            out.setdefault(svc["name"], []).append(backend)
     return out
 
 
@@ -394,7 +438,7 @@ def rollout_units(stack, backends_here, services=None):
     chosen = [svc for svc in for_host(stack)["services"] if services is None or svc["name"] in services]
     units = []
     for svc in [s for s in chosen if s["name"] in (backends_here or {})]:
-        for b in backends_here[svc["name"]]:
+        for b in [b for b in backends_here[svc["name"]] if not b.get("surge")]:
             unit = {"service": b["replica"], "upstream": svc["name"], "port": b["port"]}
             if svc.get("health_path"):
                 unit["health_path"] = svc["health_path"]
@@ -407,6 +451,22 @@ def rollout_units(stack, backends_here, services=None):
                 unit["stop_grace_period"] = grace
             units.append(unit)
     return units
+
+
+def rollout_surges(stack, backends_here, services=None):
+    """The surge replicas on ``stack["host"]`` of the start_first services (of ``services``,
+    names, when given): [{service, upstream, port, health_path?}], ``service`` being the
+    surge's Compose service; compose_rollout takes them as its ``replicas`` too."""
+    surges = []
+    for svc in for_host(stack)["services"]:
+        if services is not None and svc["name"] not in services:
+            continue
+        for b in [b for b in (backends_here or {}).get(svc["name"]) or [] if b.get("surge")]:
+            surge = {"service": b["replica"], "upstream": svc["name"], "port": b["port"]}
+            if svc.get("health_path"):
+                surge["health_path"] = svc["health_path"]
+            surges.append(surge)
+    return surges
 
 
 def rollout_targets(stack, backends_here, services=None, image=None):
@@ -460,13 +520,16 @@ def rollout_jobs(hosts):
 
 def upstreams(backends_per_host, services=None, keepalive=32, max_fails=1, fail_timeout=10):
     """nginx role's ``nginx_upstreams`` from each app host's backends fact, one upstream per
-    service (in the order the services first appear), servers in host then replica order."""
+    service (in the order the services first appear), servers in host then replica order;
+    a surge replica's server is written drained (``down``): a rollout puts it in and takes
+    it out again."""
     merged = {}
     for host_backends in backends_per_host:
         for service, servers in (host_backends or {}).items():
             if services is None or service in services:
                 merged.setdefault(service, []).extend(
-                    {"host": s["host"], "port": s["port"]} for s in servers)
+                    dict({"host": s["host"], "port": s["port"]}, **({"down": True} if s.get("surge") else {}))
+                    for s in servers)
     return [{"name": name, "servers": servers, "keepalive": keepalive,
              "max_fails": max_fails, "fail_timeout": fail_timeout}
             for name, servers in merged.items()]

@@ -49,6 +49,7 @@ def new_record(record_id, project, service, host, action, who, now=None):
         "outcome": "in_progress",
         "reason": "",
         "replicas": [],
+        "surges": [],
     }
 
 
@@ -80,6 +81,14 @@ def load_record(releases_dir, record_id):
 def save_replica_step(releases_dir, record, step):
     """Replaces (by replica name) or appends a replica step, then writes the record."""
     record["replicas"] = [r for r in record["replicas"] if r.get("name") != step["name"]] + [step]
+    write_json_atomically(record_path(releases_dir, record["id"]), record)
+    return record
+
+
+def save_surge_step(releases_dir, record, step):
+    """Replaces (by surge name) or appends a surge replica's step, then writes the record.
+    Surges are not replicas: what runs and what a rollback returns to come from ``replicas``."""
+    record["surges"] = [s for s in record.get("surges") or [] if s.get("name") != step["name"]] + [step]
     write_json_atomically(record_path(releases_dir, record["id"]), record)
     return record
 

@@ -34,6 +34,7 @@ from ansible_collections.keelson.stack.plugins.module_utils.release import write
 
 PIN_FILE = "compose.rollout.yaml"
 JOB_FILE = "compose.job.yaml"
+SURGE_FILE = "compose.surge.yaml"
 
 
 class RolloutError(Exception):
@@ -79,8 +80,8 @@ class ComposeProject:
             argv += ["-f", os.path.join(self.dir, name)]
         return argv + list(args)
 
-    def compose(self, *args):
-        rc, out, err = self.run(self.argv(*args))
+    def compose(self, *args, **kwargs):
+        rc, out, err = self.run(self.argv(*args, **kwargs))
         if rc != 0:
             raise RolloutError("%s failed: %s" % (" ".join(["docker compose"] + list(args)), (err or out).strip()[-2000:]))
         return out
@@ -244,6 +245,50 @@ def replace_replica(project, service, port, target, gate, grace=30, pull=True, s
     step["seconds"] = round(clock() - started, 3)
     save(step)
     raise RolloutError(step["reason"], step)
+
+
+def start_surge(project, surge, port, target, gate, grace=30, pull=True, save=None, gate_runner=None):
+    """Starts a start_first service's surge replica (``surge``, its Compose service) on the
+    image ``target`` (an override file says so while Compose creates it) and gates it like
+    a replica. Returns the step {name, image, pinned, outcome: serving, boot_to_healthy_seconds,
+    gate, reason}, passed to ``save`` as it changes; on a failed gate the surge is removed
+    again (outcome ``failed``) and RolloutError says why."""
+    started = time.monotonic()
+    save = save or (lambda step: None)
+    pinned = project.resolve(target, pull)[1]
+    step = {"name": surge, "image": target, "pinned": pinned, "outcome": "starting", "gate": None,
+            "boot_to_healthy_seconds": None, "reason": ""}
+    save(step)
+    override = os.path.join(project.dir, SURGE_FILE)
+    write_json_atomically(override, {"services": {surge: {"image": pinned}}}, mode=0o600)
+    try:
+        try:
+            project.compose("up", "-d", "--no-deps", "--force-recreate", "--pull", "never", surge,
+                            extra_files=[SURGE_FILE])
+        finally:
+            os.unlink(override)
+        step["gate"] = _gate(project, surge, port, gate, gate_runner)
+    except (GateFailed, RolloutError) as exc:
+        logs = project.logs(surge)
+        remove_surge(project, surge, grace)
+        tail = ("\nlast log lines:\n" + logs) if logs else ""
+        step.update(outcome="failed", gate=getattr(exc, "result", None),
+                    reason="%s: new image %s failed: %s%s" % (surge, target, exc, tail))
+        save(step)
+        raise RolloutError(step["reason"], step)
+    step.update(outcome="serving", boot_to_healthy_seconds=round(time.monotonic() - started, 3))
+    save(step)
+    return step
+
+
+def remove_surge(project, surge, grace):
+    """Stops (the service's stop signal, then SIGKILL after ``grace`` seconds) and removes
+    the surge replica's container. Returns whether there was one."""
+    if project.container(surge) is None:
+        return False
+    project.stop(surge, grace)
+    project.compose("rm", "--force", surge)
+    return True
 
 
 def _gate(project, service, port, gate, runner):

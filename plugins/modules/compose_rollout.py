@@ -30,13 +30,19 @@ description:
     M(keelson.stack.nginx_upstream) delegated to the lb host before this task and marks it up after it
     (also after a restore). This keeps each host's work on that host and the lb step visible in the play.
   - Replicas are replaced stop-first, one at a time, so the service loses one replica of capacity
-    while one is replaced (maxUnavailable 1), and other replicas keep serving.
+    while one is replaced (maxUnavailable 1), and other replicas keep serving. A start_first service's surge
+    replica (O(action=start_surge)) serves meanwhile, so that its host keeps its capacity.
   - A replica without O(replicas[].port) is a service that publishes no port (a worker, a scheduler). It is
     replaced the same way, stopped with its own grace period so that in-flight jobs finish, and gated on
     Docker alone.
   - Each replica step is written to the release record C(releases/RECORD_ID.json) as it happens, so
     an interrupted run leaves a record saying where it stopped. O(action=finish) closes the record
     with an outcome and appends one line to C(audit.log).
+  - O(action=start_surge) starts a start_first service's surge replica (O(replica), its Compose service C(NAME-surge), on
+    its spare port) on O(image), pinned by digest, and gates it as a replica; a failed gate removes it again and
+    fails. O(action=remove_surge) stops it with its grace period and removes it (nothing to do when it is not there).
+    The playbook puts the surge into nginx after the start and drains it before the removal, so that new serves
+    before old stops.
   - O(action=status) reports what runs now (image, image ID, digest, health) per replica, for plans.
   - O(action=job) runs one of the release's jobs (a migration) once, C(docker compose run --rm) of O(command) in the
     Compose service O(replica) on O(image), pinned by digest, without publishing ports or starting dependencies. The
@@ -61,7 +67,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [status, deploy, restart, finish, job]
+    choices: [status, deploy, restart, finish, job, start_surge, remove_surge]
     default: status
   replicas:
     description: Every replica the run replaces on this host, in replacement order.
@@ -93,6 +99,7 @@ options:
   replica:
     description:
       - The replica (a O(replicas[].service)) to replace. Required for O(action=deploy) and O(action=restart).
+      - With O(action=start_surge) and O(action=remove_surge), the surge replica (a O(replicas[].service)).
       - With O(action=job), the Compose service the job runs in.
     type: str
   job:
@@ -103,7 +110,7 @@ options:
     type: list
     elements: str
   image:
-    description: The image reference to deploy (tag or digest). Required for O(action=deploy) and O(action=job).
+    description: The image reference to deploy (tag or digest). Required for O(action=deploy), O(action=job) and O(action=start_surge).
     type: str
   pull:
     description: Pull O(image) if the host does not have it.
@@ -152,7 +159,11 @@ options:
     type: float
     default: 60
   record_id:
-    description: The release record's ID (file name without C(.json)); one per run and host. Required unless O(action=status).
+    description:
+      - The release record's ID (file name without C(.json)); one per run and host. Required for O(action=deploy),
+        O(action=restart) and O(action=finish).
+      - With O(action=start_surge) and O(action=remove_surge), the record the surge's step is written to (under
+        C(surges), apart from the replicas), when given.
     type: str
   service:
     description: The service name the replicas belong to, for the record.
@@ -309,6 +320,11 @@ job:
     and C(waited_for), the earlier runs' job containers it waited for.
   returned: when action is job
   type: dict
+surge:
+  description: With O(action=start_surge), the surge replica's step, also when it failed (C(name), C(image), C(pinned),
+    C(outcome) - C(serving) or C(failed) - C(boot_to_healthy_seconds), C(gate), C(reason)).
+  returned: when action is start_surge
+  type: dict
 serving:
   description: With O(action=deploy) or O(action=restart), whether the replica ends healthy (new, unchanged or restored) and may be put back into nginx.
   returned: when action is deploy or restart
@@ -326,9 +342,9 @@ import socket
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
     append_audit, finish_record, interrupted_records, last_good_release, load_record, load_records, new_record,
-    record_path, release_history, release_lines, rollback_target, save_replica_step, utc_iso)
+    record_path, release_history, release_lines, rollback_target, save_replica_step, save_surge_step, utc_iso)
 from ansible_collections.keelson.stack.plugins.module_utils.rollout import (
-    ComposeProject, RolloutError, replace_replica, run_job)
+    ComposeProject, RolloutError, remove_surge, replace_replica, run_job, start_surge)
 
 try:
     import docker
@@ -343,7 +359,8 @@ def main():
             project_dir=dict(type="path", required=True),
             project=dict(type="str"),
             compose_files=dict(type="list", elements="str", default=["compose.yaml"]),
-            action=dict(type="str", choices=["status", "deploy", "restart", "finish", "job"], default="status"),
+            action=dict(type="str", choices=["status", "deploy", "restart", "finish", "job", "start_surge", "remove_surge"],
+                        default="status"),
             replicas=dict(type="list", elements="dict", required=True, options=dict(
                 service=dict(type="str", required=True), port=dict(type="int"),
                 stop_grace_period=dict(type="int"), health_path=dict(type="str"), upstream=dict(type="str"))),
@@ -374,6 +391,8 @@ def main():
             ("action", "restart", ["replica", "record_id"]),
             ("action", "finish", ["outcome", "record_id"]),
             ("action", "job", ["replica", "image", "job", "command"]),
+            ("action", "start_surge", ["replica", "image"]),
+            ("action", "remove_surge", ["replica"]),
         ],
         supports_check_mode=True,
     )
@@ -434,6 +453,39 @@ def main():
 
     if p["replica"] not in ports:
         module.fail_json(msg="replica %s is not one of %s" % (p["replica"], ", ".join(ports)))
+    gate = {"consecutive": p["gate_consecutive"], "interval": p["gate_interval"], "timeout": p["gate_timeout"],
+            "stable_seconds": p["gate_stable_seconds"],
+            "health_path": health_paths.get(p["replica"], p["health_path"]), "health_address": p["health_address"],
+            "status": p["health_status"], "extra_probes": p["extra_probes"]}
+    grace = graces.get(p["replica"], p["stop_grace_period"])
+
+    if p["action"] in ("start_surge", "remove_surge"):
+        if module.check_mode:
+            module.exit_json(changed=True)
+        record = None
+        if p["record_id"]:
+            if not os.path.isdir(releases):
+                os.makedirs(releases, 0o755)
+            record = load_record(releases, p["record_id"]) or new_record(
+                p["record_id"], project_name, p["service"], socket.gethostname(), p["rollout"] or "deploy", p["who"])
+
+        def save_surge(step):
+            if record is not None:
+                save_surge_step(releases, record, dict(step, at=utc_iso()))
+
+        try:
+            if p["action"] == "start_surge":
+                surge = start_surge(compose, p["replica"], ports[p["replica"]], p["image"], gate, grace=grace,
+                                    pull=p["pull"], save=save_surge)
+                module.exit_json(changed=True, surge=surge, record=record_file)
+            removed = remove_surge(compose, p["replica"], grace)
+            surges = [s for s in (record or {}).get("surges") or [] if s["name"] == p["replica"]]
+            if removed and surges:
+                save_surge(dict(surges[0], outcome="removed" if surges[0]["outcome"] == "serving" else surges[0]["outcome"]))
+            module.exit_json(changed=removed, record=record_file)
+        except RolloutError as exc:
+            module.fail_json(msg=str(exc), surge=exc.step, changed=True, record=record_file)
+
     target = p["image"] if p["action"] == "deploy" else None
     if module.check_mode:
         current = compose.current(p["replica"])
@@ -455,13 +507,9 @@ def main():
     def save(step):
         save_replica_step(releases, record, dict(step, at=utc_iso()))
 
-    gate = {"consecutive": p["gate_consecutive"], "interval": p["gate_interval"], "timeout": p["gate_timeout"],
-            "stable_seconds": p["gate_stable_seconds"],
-            "health_path": health_paths.get(p["replica"], p["health_path"]), "health_address": p["health_address"],
-            "status": p["health_status"], "extra_probes": p["extra_probes"]}
     try:
         step = replace_replica(compose, p["replica"], ports[p["replica"]], target, gate,
-                               grace=graces.get(p["replica"], p["stop_grace_period"]), pull=p["pull"], save=save)
+                               grace=grace, pull=p["pull"], save=save)
     except RolloutError as exc:
         step = exc.step or {}
         module.fail_json(msg=str(exc), step=step, serving=step.get("outcome") == "restored",

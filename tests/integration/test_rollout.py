@@ -3,12 +3,13 @@ API, two replicas per host, its frontend web, two workers per host, the schedule
 under HTTPS load through nginx on lb1.
 
 The tests run in file order, each starting from the state the previous one left:
-1.0.0 from site.yml -> plan -> deploy 1.1.0 (the API's and web's replicas, then the workers
-and the scheduler, one at a time; the migration once) -> restart -> three broken releases and one whose worker exits
-(only the canary touched, rolled back) -> a failing migration (nothing changed) -> rollback
-to 1.0.0 -> a late failure (all hosts end
-on 1.0.0) -> a second deploy refused by the lock -> a dead run's lock released by name ->
-a controller killed mid-rollout and the rerun -> killed during the migration, and mid second
+1.0.0 from site.yml -> plan -> deploy 1.1.0 (the API's surge first, start_first, then the
+API's and web's replicas, then the workers and the scheduler, one at a time; the migration
+once) -> restart -> three broken releases (caught on the canary's API surge, no replica
+touched) and one whose worker exits (only the canary touched, rolled back) -> a failing
+migration (nothing changed) -> rollback to 1.0.0 -> a late failure (all hosts end on
+1.0.0) -> a second deploy refused by the lock -> a dead run's lock released by name -> a
+controller killed mid-rollout and the rerun -> killed during the migration, and mid second
 batch, each rerun once the dead run is named. The load never resends (a request sent on a
 keep-alive connection nginx closed is an error, as for Python requests or Node's agent), and
 every rollout asserts 0 non-2xx, 0 socket errors, 0 resends and no nginx reload."""
@@ -25,9 +26,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rollout_lab import (  # noqa: E402
-    APP_HOSTS, AUDIT, INVENTORY, LOCK, PORTLESS, PROJECT_DIR, REPLICAS, ROOT, Playbook, all_on, container_ids,
-    demo_sql, finish_load, migration_runs, no_backend_down, on, record_of, records, registry, requests_while_replaced,
-    run_id, start_load, versions)
+    APP_HOSTS, AUDIT, INVENTORY, LOCK, PORTLESS, PROJECT_DIR, REPLICAS, ROOT, Playbook, ServingSampler, all_on,
+    container_ids, demo_sql, finish_load, migration_runs, no_backend_down, on, record_of, records, registry,
+    requests_while_replaced, run_id, start_load, versions)
 
 
 # Run ids of earlier tests that later ones name (the tests run in file order).
@@ -60,9 +61,18 @@ def test_check_mode_prints_the_plan_and_changes_nothing():
 
 def test_deploy_under_load(load):
     migrations = migration_runs("1.1.0")
+    serving = ServingSampler().start()
     res = Playbook("deploy.yml", {"app_version": "1.1.0"}).run()
     stats = finish_load(load)
+    serving.stop()
     assert res.returncode == 0, res.output[-6000:]
+    # start-first: api-surge served on the new release before each host's first api replica
+    # was drained, so nginx always had both of a host's api replicas' worth up there
+    fewest = serving.min_serving()
+    assert [fewest[("api", host)] for host in APP_HOSTS] == [(2, 2)] * len(APP_HOSTS), fewest
+    assert "api-surge" in res.output
+    for host in APP_HOSTS:
+        assert on(host, "docker", "ps", "-aq", "--filter", "label=com.docker.compose.service=api-surge") == ""
     assert versions() == all_on("1.1.0")
     assert migration_runs("1.1.0") == migrations + 1, "the migration did not run exactly once"
     # placement: one scheduler for the environment, never a second one meanwhile
@@ -133,21 +143,24 @@ def test_rolling_restart_under_load(load):
     ("1.1.0-probefail", r"http [\d.]+:800\d/health: status 500"),
 ])
 def test_broken_release_touches_only_the_canary(load, tag, why):
-    app2_before = container_ids("app2")
+    """The API is start_first: the broken release fails on api-surge, before any api replica
+    of the canary stops, and is removed; the record says so and the run ends rolled back."""
+    before = {h: container_ids(h) for h in APP_HOSTS}
     res = Playbook("deploy.yml", {"keelson_deploy_image": "%s/demo-api:%s" % (registry(), tag),
                                   "rollout_services": ["api"]}).run()
     finish_load(load)
     assert res.returncode != 0, res.output[-5000:]
     assert versions() == all_on("1.1.0")
-    assert container_ids("app2") == app2_before, "app2 was touched"
+    assert {h: container_ids(h) for h in APP_HOSTS} == before, "a replica was touched"
     rid = run_id(res.output)
     assert record_of("app2", rid) is None
     record = record_of("app1", rid)
     assert record["outcome"] == "rolled_back", record
     assert re.search(why, record["reason"]), record["reason"]
-    failed = [r for r in record["replicas"] if r["outcome"] == "restored"]
-    assert failed and failed[0]["name"] == "api-1"
-    gate = failed[0]["gate"]
+    assert record["replicas"] == [] and [s["name"] for s in record["surges"]] == ["api-surge"], record
+    surge = record["surges"][0]
+    assert surge["outcome"] == "failed" and surge["reason"] in record["reason"], record
+    gate = surge["gate"]
     print("%s: detected after %.1f s (%s)" % (tag, gate["total_seconds"], gate["reason"][:120]))
     assert "rolled back" in res.output or "runs what it ran before" in res.output
     no_backend_down()

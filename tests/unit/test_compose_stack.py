@@ -490,3 +490,46 @@ def test_exec_refuses_an_unknown_service_or_a_host_it_does_not_run_on():
         cs.exec_target(st, "scheduler", "app2")
     with pytest.raises(cs.StackError, match=r"service 'sidecar' does not run on app3 \(it runs on: app2\)"):
         cs.exec_target(st, "sidecar", "app3")
+
+
+def test_a_start_first_service_gets_a_surge_replica_on_the_port_after_its_last():
+    st = with_service(stack(), "api", start_first=True)
+    doc = cs.compose(st, "10.0.0.5")
+    surge = doc["services"]["api-surge"]
+    assert surge["ports"] == ["10.0.0.5:8003:8000/tcp"]
+    # started only when a rollout names it, never brought back by Docker, reached by the service's name
+    assert surge["profiles"] == ["surge"] and surge["restart"] == "no"
+    assert surge["networks"] == {"default": {"aliases": ["api"]}}
+    assert surge["labels"]["keelson.stack.replica"] == "surge"
+    assert surge["image"] == doc["services"]["api-1"]["image"]
+    assert surge["environment"] == doc["services"]["api-1"]["environment"]
+    # a one-replica service's surge answers on its name too
+    one = cs.compose(with_service(stack(), "frontend", start_first=True), "")
+    assert one["services"]["frontend-surge"]["ports"] == ["3001:80/tcp"]
+    assert one["services"]["frontend-surge"]["networks"] == {"default": {"aliases": ["frontend"]}}
+    assert "frontend-surge" not in cs.compose(stack(), "")["services"]
+
+
+def test_the_surge_is_a_drained_server_and_not_a_rollout_unit():
+    st = with_service(stack(), "api", start_first=True)
+    here = cs.backends(st, "10.0.0.21")
+    assert here["api"][-1] == {"host": "10.0.0.21", "port": 8003, "replica": "api-surge", "surge": True}
+    servers = cs.upstreams([here], services=["api"])[0]["servers"]
+    assert servers == [{"host": "10.0.0.21", "port": 8001}, {"host": "10.0.0.21", "port": 8002},
+                       {"host": "10.0.0.21", "port": 8003, "down": True}]
+    assert [u["service"] for u in cs.rollout_units(st, here)] == ["api-1", "api-2", "frontend", "postgres"]
+    assert cs.rollout_surges(st, here) == [{"service": "api-surge", "upstream": "api", "port": 8003}]
+    assert cs.rollout_surges(st, here, ["frontend"]) == []
+    hp = with_service(st, "api", health_path="/ready")
+    assert cs.rollout_surges(hp, cs.backends(hp, "h"))[0]["health_path"] == "/ready"
+
+
+def test_start_first_needs_ports_and_a_free_surge_slot():
+    worker = stack(services=stack()["services"] + [{"name": "worker", "image": "reg/w", "tag": "1", "start_first": True}])
+    assert any("'worker': start_first" in e and "publishes none" in e for e in errors_of(worker))
+    # api's surge takes 8003, which another service publishes
+    clash = with_service(with_service(stack(), "api", start_first=True), "frontend",
+                         ports=[{"published": 8003, "target": 80}])
+    assert any("port collision" in e and "api-surge" in e for e in errors_of(clash)), errors_of(clash)
+    named = stack(services=stack()["services"] + [{"name": "api-surge", "image": "reg/x", "tag": "1"}])
+    assert any("api-surge" in e for e in errors_of(with_service(named, "api", start_first=True)))
