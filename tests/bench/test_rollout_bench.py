@@ -35,7 +35,7 @@ from timeline import write_timeline  # noqa: E402
 from conftest import ROOT  # noqa: E402
 
 PLANS = {
-    "small": {"workers": 4, "runs": [("rolling_restart.yml", {})]},
+    "small": {"workers": 4, "runs": [("rolling_restart.yml", "same")]},
     "full": {"workers": 8, "runs": [("rolling_restart.yml", "same"), ("deploy.yml", "there"),
                                     ("deploy.yml", "back")]},
 }
