@@ -198,7 +198,7 @@ attributes:
     support: full
     details: O(action=status) runs normally. O(action=deploy) and O(action=restart) report whether the replica would be
       replaced (C(changed)) without stopping, pulling or writing anything; O(action=finish) reports a change and writes nothing;
-      O(action=job) reports a change and runs nothing.
+      O(action=job), O(action=start_surge) and O(action=remove_surge) report a change and run nothing.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
