@@ -25,6 +25,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import json
 import os
 import time
@@ -35,6 +36,19 @@ from ansible_collections.keelson.stack.plugins.module_utils.release import write
 PIN_FILE = "compose.rollout.yaml"
 JOB_FILE = "compose.job.yaml"
 SURGE_FILE = "compose.surge.yaml"
+
+
+@contextlib.contextmanager
+def image_override(project_dir, service, reference, name):
+    """While the block runs, the override file ``name`` in the project directory puts
+    ``service`` on the image ``reference``; the Compose calls that pass
+    ``extra_files=[name]`` read it."""
+    path = os.path.join(project_dir, name)
+    write_json_atomically(path, {"services": {service: {"image": reference}}}, mode=0o600)
+    try:
+        yield
+    finally:
+        os.unlink(path)
 
 
 class RolloutError(Exception):
@@ -148,12 +162,8 @@ class ComposeProject:
         (an override file next to the others says so while it runs): the service's
         environment, secrets and networks, no published ports, no dependencies started.
         Returns (rc, stdout, stderr)."""
-        override = os.path.join(self.dir, JOB_FILE)
-        write_json_atomically(override, {"services": {service: {"image": reference}}}, mode=0o600)
-        try:
+        with image_override(self.dir, service, reference, JOB_FILE):
             return self.run(self.argv("run", "--rm", "--no-deps", "-T", service, *argv, extra_files=[JOB_FILE]))
-        finally:
-            os.unlink(override)
 
     def running_jobs(self):
         """Names of the project's job containers (``docker compose run``) still running: one
@@ -259,14 +269,10 @@ def start_surge(project, surge, port, target, gate, grace=30, pull=True, save=No
     step = {"name": surge, "image": target, "pinned": pinned, "outcome": "starting", "gate": None,
             "boot_to_healthy_seconds": None, "reason": ""}
     save(step)
-    override = os.path.join(project.dir, SURGE_FILE)
-    write_json_atomically(override, {"services": {surge: {"image": pinned}}}, mode=0o600)
     try:
-        try:
+        with image_override(project.dir, surge, pinned, SURGE_FILE):
             project.compose("up", "-d", "--no-deps", "--force-recreate", "--pull", "never", surge,
                             extra_files=[SURGE_FILE])
-        finally:
-            os.unlink(override)
         step["gate"] = _gate(project, surge, port, gate, gate_runner)
     except (GateFailed, RolloutError) as exc:
         logs = project.logs(surge)
