@@ -41,12 +41,12 @@ SURGE_FILE = "compose.surge.yaml"
 @contextlib.contextmanager
 def image_override(project_dir, service, reference, name):
     """While the block runs, the override file ``name`` in the project directory puts
-    ``service`` on the image ``reference``; the Compose calls that pass
-    ``extra_files=[name]`` read it."""
+    ``service`` on the image ``reference``. Yields the ``extra_files`` that make a
+    Compose call read it."""
     path = os.path.join(project_dir, name)
     write_json_atomically(path, {"services": {service: {"image": reference}}}, mode=0o600)
     try:
-        yield
+        yield [name]
     finally:
         os.unlink(path)
 
@@ -162,8 +162,8 @@ class ComposeProject:
         (an override file next to the others says so while it runs): the service's
         environment, secrets and networks, no published ports, no dependencies started.
         Returns (rc, stdout, stderr)."""
-        with image_override(self.dir, service, reference, JOB_FILE):
-            return self.run(self.argv("run", "--rm", "--no-deps", "-T", service, *argv, extra_files=[JOB_FILE]))
+        with image_override(self.dir, service, reference, JOB_FILE) as extra_files:
+            return self.run(self.argv("run", "--rm", "--no-deps", "-T", service, *argv, extra_files=extra_files))
 
     def running_jobs(self):
         """Names of the project's job containers (``docker compose run``) still running: one
@@ -270,9 +270,9 @@ def start_surge(project, surge, port, target, gate, grace=30, pull=True, save=No
             "boot_to_healthy_seconds": None, "reason": ""}
     save(step)
     try:
-        with image_override(project.dir, surge, pinned, SURGE_FILE):
+        with image_override(project.dir, surge, pinned, SURGE_FILE) as extra_files:
             project.compose("up", "-d", "--no-deps", "--force-recreate", "--pull", "never", surge,
-                            extra_files=[SURGE_FILE])
+                            extra_files=extra_files)
         step["gate"] = _gate(project, surge, port, gate, gate_runner)
     except (GateFailed, RolloutError) as exc:
         logs = project.logs(surge)
