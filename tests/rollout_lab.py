@@ -115,12 +115,12 @@ def run_id(output):
 
 
 class Playbook:
-    def __init__(self, name, extra, check=False):
+    def __init__(self, name, extra, check=False, tags=None):
         fd, self.vars_file = tempfile.mkstemp(prefix="keelson-rollout-", suffix=".json")
         with os.fdopen(fd, "w") as handle:
             json.dump(dict(FAST, keelson_rollout_audit_log=str(AUDIT), **extra), handle)
         self.argv = ["ansible-playbook", "-i", str(INVENTORY), str(ROOT / "playbooks" / name),
-                     "-e", "@" + self.vars_file] + (["--check"] if check else [])
+                     "-e", "@" + self.vars_file] + (["--check"] if check else []) + (["--tags", tags] if tags else [])
         self.env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                         ANSIBLE_FORCE_COLOR="0")
 

@@ -89,8 +89,8 @@ def compose_stack_fingerprint(compose_text, services):
     return cs.release_fingerprint(compose_text, services)
 
 
-def compose_stack_preflight_services(stack, services, previous):
-    return cs.preflight_services(stack, services, previous)
+def compose_stack_rollout_pending(stack, services, previous):
+    return cs.rollout_pending(stack, services, previous)
 
 
 def compose_stack_rollout_units(stack, backends, services=None):
@@ -174,7 +174,7 @@ class FilterModule(object):
             "compose_stack_image_ref": compose_stack_image_ref,
             "compose_stack_release_images": compose_stack_release_images,
             "compose_stack_fingerprint": compose_stack_fingerprint,
-            "compose_stack_preflight_services": compose_stack_preflight_services,
+            "compose_stack_rollout_pending": compose_stack_rollout_pending,
             "compose_stack_host_jobs": compose_stack_host_jobs,
             "compose_stack_jobs_once": compose_stack_jobs_once,
             "compose_stack_wait_probes": compose_stack_wait_probes,

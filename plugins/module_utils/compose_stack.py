@@ -596,17 +596,22 @@ def release_fingerprint(compose_text, services):
     return h.hexdigest()
 
 
-def preflight_services(stack, services, previous):
-    """Compose service names to try as candidates before a release replaces running
-    containers: the first replica of each published service whose image changed since
-    ``previous`` (the current release record, or None when nothing runs yet)."""
+def rollout_pending(stack, services, previous):
+    """The Compose services on this host whose image a converge would change under a
+    running container: the replicas the running release (``previous``, its record, or
+    None when nothing runs yet) ran of each service whose image ID is not the one it ran.
+    `up` leaves them alone; site.yml hands them to the rollout engine, which replaces
+    them canary first, one at a time, after the release's jobs. A service new to the host,
+    or a replica it did not run yet, has nothing to replace: `up` starts it."""
     if not previous:
         return []
-    old = previous.get("services") or {}
+    ran = set(previous.get("replicas") or [])
+    before = previous.get("services") or {}
     out = []
     for svc in for_host(stack)["services"]:
-        if _ports(svc) and (old.get(svc["name"]) or {}).get("id") != services[svc["name"]]["id"]:
-            out.append(replica_names(svc)[0])
+        old = (before.get(svc["name"]) or {}).get("id")
+        if old and old != services[svc["name"]]["id"]:
+            out.extend(name for name in replica_names(svc) if name in ran)
     return out
 
 

@@ -9,8 +9,9 @@ once) -> restart -> three broken releases (caught on the canary's API surge, no 
 touched) and one whose worker exits (only the canary touched, rolled back) -> a failing
 migration (nothing changed) -> rollback to 1.0.0 -> a late failure (all hosts end on
 1.0.0) -> a second deploy refused by the lock -> a dead run's lock released by name -> a
-controller killed mid-rollout and the rerun -> killed during the migration, and mid second
-batch, each rerun once the dead run is named. The load never resends (a request sent on a
+controller killed mid-rollout and the rerun -> killed during the migration, rerun once the
+dead run is named -> site.yml with the inventory at 1.1.0, rolled through the engine -> killed
+mid second batch, the rerun a site.yml that rolls the inventory's 1.0.0 back. The load never resends (a request sent on a
 keep-alive connection nginx closed is an error, as for Python requests or Node's agent), and
 every rollout asserts 0 non-2xx, 0 socket errors, 0 resends and no nginx reload."""
 import json
@@ -373,16 +374,53 @@ def test_controller_killed_during_the_migration_then_rerun(load):
     no_backend_down()
 
 
+def current_release(host):
+    """The release record current.json names on an app host."""
+    return json.loads(on(host, "cat", PROJECT_DIR + "/releases/current.json"))
+
+
+def test_site_yml_rolls_a_new_version_through_the_rollout_engine(load):
+    """The inventory asks for 1.1.0 while another release runs (the last deploy's, newer
+    than the inventory's record): site.yml hands the release to the engine (migration
+    once, canary first, one replica at a time) instead of `up`, under load with 0 errors,
+    and records it. The same converge again changes nothing. (The next test's rerun is a
+    site.yml that brings the inventory's own 1.0.0 back through the engine.)"""
+    migrations = migration_runs("1.1.0")
+    res = Playbook("site.yml", {"app_version": "1.1.0"}, tags="stack").run()
+    finish_load(load)
+    assert res.returncode == 0, res.output[-6000:]
+    assert "batch 1 (canary): app1" in res.output and "batch 2: app2" in res.output, res.output[-6000:]
+    assert versions() == all_on("1.1.0")
+    assert migration_runs("1.1.0") == migrations + 1, "the migration did not run exactly once"
+    no_backend_down()
+    rid = run_id(res.output)
+    assert requests_while_replaced(rid, load.marks["start"]) == []
+    for host in APP_HOSTS:
+        assert record_of(host, rid)["outcome"] == "succeeded"
+        assert current_release(host)["services"]["api"]["image"].endswith("/demo-api:1.1.0")
+
+    before = {h: container_ids(h) for h in APP_HOSTS}
+    again = Playbook("site.yml", {"app_version": "1.1.0"}, tags="stack").run()
+    assert again.returncode == 0, again.output[-5000:]
+    assert re.search(r"app1\s+:.*changed=0", again.output) and re.search(r"app2\s+:.*changed=0", again.output)
+    assert "batch 1 (canary)" not in again.output
+    assert {h: container_ids(h) for h in APP_HOSTS} == before
+
+
 def test_controller_killed_mid_second_batch_then_rerun(load):
     """kill -9 once the second batch (app2) has replaced a replica: app1 is all-new, app2 mixed;
-    once the dead run is named, the rerun ends all-new on both hosts with nothing down."""
+    once the dead run is named, the rerun (site.yml) ends all-new on both hosts with nothing down."""
     extra = {"app_version": "1.0.0"}
     known = {r["id"] for r in records("app2")}
     kill_when(Playbook("deploy.yml", extra).start(), lambda: a_replica_replaced("app2", known),
               "a replica replaced on app2")
     name_the_dead_run()
-    rerun = Playbook("deploy.yml", extra).run()
+    # the rerun is the converge: the inventory's 1.0.0 against site.yml's record of 1.1.0
+    rerun = Playbook("site.yml", {}, tags="stack").run()
     finish_load(load)
     assert rerun.returncode == 0, rerun.output[-6000:]
     assert versions() == all_on("1.0.0")
     no_backend_down()
+    for host in APP_HOSTS:
+        assert current_release(host)["services"]["api"]["image"].endswith("/demo-api:1.0.0")
+

@@ -196,7 +196,7 @@ IMAGES = [
 ]
 
 
-def test_release_images_fingerprint_and_preflight():
+def test_release_images_fingerprint_and_rollout_pending():
     st = stack()
     services = cs.release_images(st, IMAGES)
     assert services["api"] == {"image": "reg:5000/demo-api:1.0.0", "id": "sha256:api1",
@@ -205,15 +205,21 @@ def test_release_images_fingerprint_and_preflight():
     text = yaml.safe_dump(cs.compose(st))
     fp = cs.release_fingerprint(text, services)
     assert fp == cs.release_fingerprint(text, copy.deepcopy(services))
-    assert cs.preflight_services(st, services, None) == []  # nothing runs yet
+    assert cs.rollout_pending(st, services, None) == []  # nothing runs yet
 
     new_images = copy.deepcopy(IMAGES)
     new_images[1]["Id"] = "sha256:api2"
     new_services = cs.release_images(st, new_images)
     assert cs.release_fingerprint(text, new_services) != fp
-    previous = {"id": "r1", "services": services}
-    assert cs.preflight_services(st, new_services, previous) == ["api-1"]
-    assert cs.preflight_services(st, services, previous) == []
+    previous = {"id": "r1", "services": services, "replicas": ["postgres", "api-1", "api-2", "frontend"]}
+    # both replicas of the API, and nothing whose image stayed
+    assert cs.rollout_pending(st, new_services, previous) == ["api-1", "api-2"]
+    assert cs.rollout_pending(st, services, previous) == []
+    # a replica the running release did not run (scaled from 2 to 3) has nothing to replace
+    scaled = with_service(st, "api", replicas=3)
+    assert cs.rollout_pending(scaled, new_services, previous) == ["api-1", "api-2"]
+    # a service new to the host has no running image: `up` starts it
+    assert cs.rollout_pending(st, new_services, dict(previous, services={"postgres": services["postgres"]})) == []
 
 
 def test_release_images_missing_image():
