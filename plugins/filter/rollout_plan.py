@@ -20,6 +20,8 @@ description:
     of the monitoring window (every replica's health path on its backend address); C(rollout_jobs) turns the
     hostvars of the app hosts into the release's jobs, each to run once (on the first host its service runs on,
     on that host's target image), and C(rollout_job_line) prints one.
+  - "Its companion C(rollout_roll_steps) orders one host's roll: the changing replicas, each start_first service's
+    surge started right before its first one and removed right after its last."
 options:
   _input:
     description: "Per host, the replicas' current state: C({host: {replica: {image, digest}}})."
@@ -79,7 +81,7 @@ _value:
 from ansible.errors import AnsibleFilterError
 from ansible_collections.keelson.stack.plugins.module_utils.compose_stack import rollout_jobs as _jobs
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
-    plan_lines, rollout_plan as _plan, rollout_settings_errors)
+    plan_lines, roll_steps, rollout_plan as _plan, rollout_settings_errors)
 
 
 def rollout_plan(current, hosts, replicas, action, image=None, digest=None, serial=(1, "50%"), changes=None,
@@ -131,4 +133,4 @@ class FilterModule(object):
     def filters(self):
         return {"rollout_plan": rollout_plan, "rollout_monitor_probes": rollout_monitor_probes,
                 "rollout_jobs": rollout_jobs, "rollout_job_line": rollout_job_line,
-                "rollout_settings_errors": rollout_settings_errors}
+                "rollout_settings_errors": rollout_settings_errors, "rollout_roll_steps": roll_steps}

@@ -363,6 +363,26 @@ def rollout_plan(hosts, replicas, current, action, target_image=None, target_dig
     }
 
 
+def roll_steps(replicas, surges):
+    """The order of one host's roll: ``replicas`` (the units that change, in replacement
+    order) as ``{"replica": unit}``, each start_first service's surge (of ``surges``)
+    started right before its first changing replica and removed right after its last,
+    as ``{"surge": surge, "state": "started" | "removed"}``. So a surge serves only while
+    its own service's replicas are replaced, one service's surge at a time."""
+    surge_of = dict((surge["upstream"], surge) for surge in surges or [])
+    last = dict((unit.get("upstream"), index) for index, unit in enumerate(replicas))
+    steps, started = [], set()
+    for index, unit in enumerate(replicas):
+        surge = surge_of.get(unit.get("upstream"))
+        if surge and unit["upstream"] not in started:
+            started.add(unit["upstream"])
+            steps.append({"surge": surge, "state": "started"})
+        steps.append({"replica": unit})
+        if surge and last[unit["upstream"]] == index:
+            steps.append({"surge": surge, "state": "removed"})
+    return steps
+
+
 def plan_lines(plan):
     """The plan as text lines for --check output."""
     target = plan["target"] or ("the running images" if plan["action"] == "restart" else "per-host images")

@@ -10,9 +10,8 @@ import pytest
 from ansible.utils.helpers import pct_to_int
 from ansible_collections.keelson.stack.plugins.module_utils.release import (
     append_audit, finish_record, interrupted_records, last_good_release, load_record, load_records, new_record, plan_lines,
-    record_path, release_history, release_lines, rollback_target, rollout_plan, rollout_settings_errors, run_of,
-    save_replica_step,
-    serial_batches)
+    record_path, release_history, release_lines, roll_steps, rollback_target, rollout_plan, rollout_settings_errors,
+    run_of, save_replica_step, serial_batches)
 
 OLD = "172.30.77.42:5000/demo-api@sha256:" + "a" * 64
 NEW = "172.30.77.42:5000/demo-api@sha256:" + "b" * 64
@@ -293,3 +292,21 @@ def test_the_monitoring_window_probes_each_published_replica_at_its_service_heal
         {"service": "worker"}]}
     assert [(p["name"], p["url"]) for p in rollout_monitor_probes([host], "/health")] == [
         ("app1 api-1", "http://10.0.0.21:8001/health"), ("app1 web-1", "http://10.0.0.21:3000/healthz")]
+
+
+def test_roll_steps_start_each_surge_right_before_its_service_and_remove_it_right_after():
+    units = [{"service": "api-1", "upstream": "api", "port": 8001}, {"service": "api-2", "upstream": "api", "port": 8002},
+             {"service": "web", "upstream": "web", "port": 8011}, {"service": "worker-1"}, {"service": "scheduler"}]
+    api_surge = {"service": "api-surge", "upstream": "api", "port": 8003}
+    web_surge = {"service": "web-surge", "upstream": "web", "port": 8012}
+    steps = roll_steps(units, [api_surge, web_surge])
+    named = [(s["surge"]["service"], s["state"]) if "surge" in s else s["replica"]["service"] for s in steps]
+    assert named == [("api-surge", "started"), "api-1", "api-2", ("api-surge", "removed"),
+                     ("web-surge", "started"), "web", ("web-surge", "removed"), "worker-1", "scheduler"]
+    # only api-2 changes here: api's surge still frames it; a surge whose service does not change never starts
+    steps = roll_steps(units[1:2] + units[3:4], [api_surge, web_surge])
+    named = [(s["surge"]["service"], s["state"]) if "surge" in s else s["replica"]["service"] for s in steps]
+    assert named == [("api-surge", "started"), "api-2", ("api-surge", "removed"), "worker-1"]
+    assert [s["replica"]["service"] for s in roll_steps(units, [])] == [u["service"] for u in units]
+    assert roll_steps([], [api_surge]) == []
+
